@@ -1,0 +1,260 @@
+"""Training end to end through the CLI: run layout, learning, TensorBoard, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from zoo.tasks.lm import LMTask
+
+from .conftest import final_weights, read_summary, scalars, zoo_subprocess
+
+
+def test_train_writes_the_run_directory(zoo, make_recipe, tmp_path):
+    result = zoo("train", make_recipe())
+    assert result.code == 0, result
+    run = tmp_path / "runs" / "tiny"
+    assert {p.name for p in run.iterdir()} >= {"recipe.toml", "tokenizer.json", "tb", "ckpt", "summary.json"}
+    ckpts = sorted(p.name for p in (run / "ckpt").iterdir() if p.name.startswith("step-"))
+    assert ckpts == ["step-00000010", "step-00000020"]
+    assert (run / "ckpt" / "latest").read_text() == "step-00000020"
+    for ck in ckpts:
+        assert {p.name for p in (run / "ckpt" / ck).iterdir()} == {"model.safetensors", "state.pt", "meta.json"}
+        torch.load(run / "ckpt" / ck / "state.pt", weights_only=True)  # loads without unpickling code
+    summary = read_summary(run)
+    assert summary["status"] == "finished" and summary["step"] == 20
+    assert summary["tokens"] == 20 * 8 * 16
+    for key in ("final_val_loss", "best_val_loss", "test_loss", "params", "wall_time_s", "tokens_per_s"):
+        assert summary[key] is not None and summary[key] > 0, key
+    tok = json.loads((run / "tokenizer.json").read_text())
+    assert tok["chars"] == sorted(tok["chars"])
+    assert "step 20/20" in result.out and "test loss" in result.out
+
+
+def test_tensorboard_has_the_shared_tags_and_a_sample(zoo, make_recipe, tmp_path):
+    assert zoo("train", make_recipe()).code == 0
+    run = tmp_path / "runs" / "tiny"
+    for tag in ("loss/train", "optim/lr", "optim/grad_norm", "optim/clipped_frac", "progress/tokens"):
+        assert [s for s, _ in scalars(run, tag)] == list(range(1, 21)), tag
+    assert [s for s, _ in scalars(run, "loss/val")] == [10, 20]
+    assert [s for s, _ in scalars(run, "perf/tokens_per_s")] == [5, 10, 15, 20]
+    assert scalars(run, "loss/test")[0][1] == pytest.approx(read_summary(run)["test_loss"], rel=1e-6)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"tensors": 0})
+    acc.Reload()
+    assert "sample/text_summary" in acc.Tags()["tensors"]
+    assert "recipe/text_summary" in acc.Tags()["tensors"]
+    assert "_hparams_/session_start_info" in acc.summary_metadata
+
+
+def test_model_learns(zoo, make_recipe, tmp_path):
+    result = zoo("train", make_recipe(), "--set", "train.max_steps=200", "--set", "eval.interval=50",
+                 "--set", "model.hidden_size=64", "--set", "train.lr=1e-2")
+    assert result.code == 0, result
+    val = [v for _, v in scalars(tmp_path / "runs" / "tiny", "loss/val")]
+    # well below the unigram entropy of English characters (~3.3 nats) and still improving
+    assert val[-1] < 2.6 and val[-1] < val[0] - 0.3, val
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_resumed_run_equals_uninterrupted_run(zoo, make_recipe, tmp_path, cell):
+    recipe = make_recipe(cell=cell)
+    assert zoo("train", recipe, "--name", "whole").code == 0
+    assert zoo("train", recipe, "--name", "split", "--set", "train.max_steps=10").code == 0
+    second = zoo("train", recipe, "--name", "split")
+    assert second.code == 0 and "resuming" in second.out and "step-00000010" in second.out
+    whole, split = final_weights(tmp_path / "runs" / "whole"), final_weights(tmp_path / "runs" / "split")
+    assert whole.keys() == split.keys()
+    for key in whole:
+        assert torch.equal(whole[key], split[key]), key
+    curve_whole = scalars(tmp_path / "runs" / "whole", "loss/train")
+    curve_split = scalars(tmp_path / "runs" / "split", "loss/train")
+    assert curve_whole == curve_split and len(curve_split) == 20  # no step logged twice
+    assert read_summary(tmp_path / "runs" / "whole")["test_loss"] == read_summary(tmp_path / "runs" / "split")[
+        "test_loss"]
+
+
+def test_resume_with_accumulation_and_step_schedule(zoo, make_recipe, tmp_path):
+    extra = '\n[schedule]\nkind = "step"\ndecay_after_epoch = 0\ndecay_rate = 0.5\n'
+    recipe = make_recipe(extra=extra)
+    args = ("--set", "train.micro_batch_size=4", "--set", "train.seq_len=64", "--set", "train.max_steps=40")
+    assert zoo("train", recipe, "--name", "whole", *args).code == 0
+    assert zoo("train", recipe, "--name", "split", *args, "--set", "train.max_steps=17",
+               "--set", "checkpoint.interval=17").code == 0
+    assert zoo("train", recipe, "--name", "split", *args).code == 0
+    whole, split = final_weights(tmp_path / "runs" / "whole"), final_weights(tmp_path / "runs" / "split")
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+    lrs = dict(scalars(tmp_path / "runs" / "whole", "optim/lr"))
+    steps_per_epoch = (17_999 // 8) // 64
+    assert lrs[1] == pytest.approx(5e-3) and lrs[steps_per_epoch + 1] == pytest.approx(2.5e-3)
+
+
+def test_finished_run_says_so_and_extending_it_continues(zoo, make_recipe, tmp_path):
+    recipe = make_recipe()
+    assert zoo("train", recipe).code == 0
+    again = zoo("train", recipe)
+    assert again.code == 0 and "already finished at step 20" in again.out
+    more = zoo("train", recipe, "--set", "train.max_steps=25")
+    assert more.code == 0 and "resuming" in more.out
+    assert read_summary(tmp_path / "runs" / "tiny")["step"] == 25
+
+
+def test_a_different_recipe_is_refused_in_an_existing_run(zoo, make_recipe, tmp_path):
+    recipe = make_recipe()
+    assert zoo("train", recipe, "--set", "train.max_steps=2").code == 0
+    result = zoo("train", recipe, "--set", "model.hidden_size=32")
+    assert result.code == 2
+    assert "different recipe (model.hidden_size: 16 -> 32)" in result.err and "--name" in result.err
+
+
+def test_keep_last_and_best_pointer(zoo, make_recipe, tmp_path, monkeypatch):
+    losses = iter([2.0, 1.0, 1.5, 1.6, 1.7])
+    original = LMTask.evaluate
+
+    def scripted(self, model, split, device, autocast=None):
+        result = original(self, model, split, device)
+        if split == "val":
+            result["loss"] = next(losses)
+        return result
+
+    monkeypatch.setattr(LMTask, "evaluate", scripted)
+    result = zoo("train", make_recipe(), "--set", "train.max_steps=10", "--set", "eval.interval=2",
+                 "--set", "checkpoint.keep_last=2")
+    assert result.code == 0, result
+    ckpt = tmp_path / "runs" / "tiny" / "ckpt"
+    assert (ckpt / "best").read_text() == "step-00000004"
+    assert sorted(p.name for p in ckpt.glob("step-*")) == ["step-00000004", "step-00000008", "step-00000010"]
+    assert read_summary(tmp_path / "runs" / "tiny")["best_val_loss"] == 1.0
+
+
+def test_early_stopping(zoo, make_recipe, tmp_path, monkeypatch):
+    losses = iter([2.0, 1.5, 1.6, 1.7, 1.8, 1.9])
+
+    def scripted(self, model, split, device, autocast=None):
+        return {"loss": next(losses) if split == "val" else 1.0}
+
+    monkeypatch.setattr(LMTask, "evaluate", scripted)
+    result = zoo("train", make_recipe(), "--set", "train.max_steps=50", "--set", "eval.interval=2",
+                 "--set", "train.early_stop_patience=2")
+    assert result.code == 0, result
+    summary = read_summary(tmp_path / "runs" / "tiny")
+    assert summary["status"] == "early_stopped" and summary["step"] == 8 and summary["best_step"] == 4
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(zoo, make_recipe, tmp_path, monkeypatch):
+    original = LMTask.loss
+    calls = {"n": 0}
+
+    def poisoned(self, model, batch, state):
+        calls["n"] += 1
+        loss, new_state = original(self, model, batch, state)
+        return (loss * float("nan") if calls["n"] == 13 else loss), new_state
+
+    monkeypatch.setattr(LMTask, "loss", poisoned)
+    recipe = make_recipe()
+    result = zoo("train", recipe)
+    assert result.code == 2
+    assert "training loss is nan" in result.err and "at step 13" in result.err
+    assert "step-00000010 is intact" in result.err
+    ckpt = tmp_path / "runs" / "tiny" / "ckpt"
+    assert sorted(p.name for p in ckpt.glob("step-*")) == ["step-00000010"]
+    monkeypatch.setattr(LMTask, "loss", original)
+    resumed = zoo("train", recipe)
+    assert resumed.code == 0 and "resuming" in resumed.out
+
+
+def test_clipping_logs_pre_clip_norm_and_fraction(zoo, make_recipe, tmp_path):
+    assert zoo("train", make_recipe(), "--set", "train.grad_clip=1e-4", "--set", "train.max_steps=4").code == 0
+    run = tmp_path / "runs" / "tiny"
+    norms = [v for _, v in scalars(run, "optim/grad_norm")]
+    assert all(n > 1e-4 for n in norms)
+    assert [v for _, v in scalars(run, "optim/clipped_frac")] == [1.0] * 4
+    assert zoo("train", make_recipe(), "--name", "noclip", "--set", "train.grad_clip=0",
+               "--set", "train.max_steps=4").code == 0
+    assert [v for _, v in scalars(tmp_path / "runs" / "noclip", "optim/clipped_frac")] == [0.0] * 4
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adam", "rmsprop", "sgd"])
+def test_each_optimizer_trains(zoo, make_recipe, tmp_path, optimizer):
+    lr = "0.5" if optimizer == "sgd" else "1e-2"
+    result = zoo("train", make_recipe(), "--set", f"optim.name={optimizer}", "--set", f"train.lr={lr}",
+                 "--set", "optim.weight_decay=0.01")
+    assert result.code == 0, result
+    losses = [v for _, v in scalars(tmp_path / "runs" / "tiny", "loss/train")]
+    assert sum(losses[-5:]) < sum(losses[:5])
+
+
+@pytest.mark.parametrize("precision,cell", [("bf16", "lstm"), ("bf16", "gru"), ("fp16", "rnn")])
+def test_reduced_precision_trains_on_cpu(zoo, make_recipe, tmp_path, precision, cell):
+    result = zoo("train", make_recipe(cell=cell), "--set", f"run.precision={precision}", "--set", "train.max_steps=10")
+    assert result.code == 0, result
+    summary = read_summary(tmp_path / "runs" / "tiny")
+    assert summary["precision"] == precision and math.isfinite(summary["test_loss"])
+    if precision == "fp16":  # the grad scaler's state is checkpointed
+        state = torch.load(tmp_path / "runs" / "tiny" / "ckpt" / "step-00000010" / "state.pt", weights_only=True)
+        assert state["scaler"]["scale"] > 0
+
+
+def test_unsupported_precision_is_a_clear_error(zoo, make_recipe):
+    # PyTorch's CPU LSTM kernels have no fp16 variant
+    result = zoo("train", make_recipe(cell="lstm"), "--set", "run.precision=fp16", "--set", "train.max_steps=2")
+    assert result.code == 2 and "fp16 autocast failed on cpu" in result.err and "bf16" in result.err
+
+
+def test_one_hot_input_and_epoch_limit(zoo, make_recipe, tmp_path):
+    result = zoo("train", make_recipe(), "--set", "model.input=onehot", "--set", "train.max_steps=0",
+                 "--set", "train.epochs=0.1")
+    assert result.code == 0, result
+    steps_per_epoch = (18_000 // 8) // 16
+    assert read_summary(tmp_path / "runs" / "tiny")["step"] == math.ceil(0.1 * steps_per_epoch)
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_checkpoints_and_the_run_resumes_exactly(make_recipe, tmp_path, signum, code):
+    recipe = make_recipe(extra="")
+    args = ["--set", "train.max_steps=3000", "--set", "log.interval=1", "--set", "eval.interval=0"]
+    proc = subprocess.Popen([sys.executable, "-m", "zoo", "train", str(recipe), "--name", "sig", *args],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:
+        if line.startswith("step 5/"):
+            break
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, (out, err)
+    assert "checkpoint saved" in out
+    run = tmp_path / "runs" / "sig"
+    stopped_at = read_summary(run)["step"]
+    assert read_summary(run)["status"] == "interrupted" and 5 <= stopped_at < 3000
+    assert (run / "ckpt" / "latest").read_text() == f"step-{stopped_at:08d}"
+    # finish both the resumed run and an uninterrupted one at a nearby step, and compare them
+    end = stopped_at + 5
+    resumed = zoo_subprocess("train", recipe, "--name", "sig", *args, "--set", f"train.max_steps={end}",
+                             cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    whole = zoo_subprocess("train", recipe, "--name", "whole", *args, "--set", f"train.max_steps={end}",
+                           cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    a, b = final_weights(run), final_weights(tmp_path / "runs" / "whole")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_accumulation_matches_one_big_batch(zoo, make_recipe, tmp_path):
+    recipe = make_recipe()
+    common = ("--set", "model.dropout=0.0", "--set", "train.max_steps=8")
+    assert zoo("train", recipe, "--name", "big", *common).code == 0
+    assert zoo("train", recipe, "--name", "accum", *common, "--set", "train.micro_batch_size=2").code == 0
+    big, accum = final_weights(tmp_path / "runs" / "big"), final_weights(tmp_path / "runs" / "accum")
+    for key in big:
+        torch.testing.assert_close(accum[key], big[key], rtol=1e-4, atol=1e-5)
+    curve_big = [v for _, v in scalars(tmp_path / "runs" / "big", "loss/train")]
+    curve_accum = [v for _, v in scalars(tmp_path / "runs" / "accum", "loss/train")]
+    assert curve_accum == pytest.approx(curve_big, rel=1e-5)

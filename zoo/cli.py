@@ -1,0 +1,148 @@
+"""The `zoo` command: argparse subcommands that call into the library (no training logic here)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from zoo.errors import ZooError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from zoo.recipe import load_recipe
+    from zoo.runs import check_name
+    from zoo.trainer import train
+
+    recipe = load_recipe(_recipe_path(args.recipe), args.set)
+    name = check_name(args.name or Path(args.recipe).stem)
+    result = train(recipe, Path(args.runs_dir) / name)
+    return 128 + result.signal if result.signal else 0
+
+
+def _recipe_path(given: str) -> Path:
+    """A recipe path, or the name of a shipped recipe (`zoo train char_rnn_shakespeare`)."""
+    path = Path(given)
+    if not path.exists() and path.suffix == "" and (RECIPES_DIR / f"{given}.toml").is_file():
+        return RECIPES_DIR / f"{given}.toml"
+    return path
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from zoo.dist import environment, resolve_device
+    from zoo.generate import generate
+    from zoo.runs import load_run
+
+    device = resolve_device(args.device, environment())
+    run = load_run(args.run, args.checkpoint, device)
+    tok = run.tokenizer
+    if args.prompt:
+        prompt = tok.encode(args.prompt)
+    else:
+        prompt = tok.encode("\n") if "\n" in tok.stoi else [0]
+    gen = torch.Generator().manual_seed(args.seed)
+    for i in range(args.num_samples):
+        ids = generate(run.model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, generator=gen, device=device)
+        if i:
+            print("\n" + "-" * 40)
+        print(tok.decode(prompt + ids) if args.prompt else tok.decode(ids))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from zoo import registry
+    from zoo.data import char_data
+    from zoo.dist import environment, resolve_device
+    from zoo.runs import load_run
+
+    device = resolve_device(args.device, environment())
+    run = load_run(args.run, args.checkpoint, device)
+    recipe = run.recipe
+    _, splits = char_data(recipe.data.source, recipe.data.splits, recipe.data.encoding_errors, run.tokenizer)
+    task = registry.build_task(recipe, splits, run.model)
+    result = task.evaluate(run.model, args.split, device)
+    result = {"run": str(run.run_dir), "checkpoint": run.checkpoint.name, "split": args.split, **result}
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from zoo.recipe import field_reference, read_toml
+
+    if args.fields:
+        print(field_reference())
+        return 0
+    for path in sorted(RECIPES_DIR.glob("*.toml")):
+        description = read_toml(path).get("run", {}).get("description", "")
+        print(f"{path.stem:<32} {description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zoo", description="A language-model zoo: train, sample, evaluate.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train (or resume) a run from a TOML recipe")
+    p.add_argument("recipe", help="a recipe file, e.g. recipes/char_rnn_shakespeare.toml")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a recipe field; the value is parsed as TOML (repeatable)")
+    p.add_argument("--name", help="run name (default: the recipe's file name)")
+    p.add_argument("--runs-dir", default="runs", help="where runs live (default: ./runs)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("sample", help="generate text from a trained run")
+    p.add_argument("run", help="a run directory, e.g. runs/char_rnn_shakespeare")
+    p.add_argument("--prompt", default="", help="text to continue (default: a new line)")
+    p.add_argument("--max-new-tokens", type=int, default=500)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--checkpoint", default="latest", help="latest, best or step-N")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("eval", help="loss of a trained run on a split")
+    p.add_argument("run")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--checkpoint", default="latest", help="latest, best or step-N")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("recipes", help="list the shipped recipes")
+    p.add_argument("--fields", action="store_true", help="print every recipe field with its default and doc")
+    p.set_defaults(func=_cmd_recipes)
+    return parser
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if getattr(args, "max_new_tokens", 1) < 0:
+        raise ZooError("--max-new-tokens must be >= 0")
+    if getattr(args, "temperature", 0) < 0:
+        raise ZooError("--temperature must be >= 0 (0 = greedy)")
+    if getattr(args, "top_k", 0) < 0:
+        raise ZooError("--top-k must be >= 0 (0 = off)")
+    if not 0 < getattr(args, "top_p", 1.0) <= 1:
+        raise ZooError("--top-p must be in (0, 1]")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `zoo` console script. User errors print one line and return 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        _check_args(args)
+        return args.func(args)
+    except ZooError as exc:
+        print(f"zoo: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("zoo: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,1 @@
+"""Backbones: one file per architecture, each knowing nothing about tasks or parallelism."""

@@ -1,0 +1,414 @@
+"""Recipes: TOML files parsed into frozen, typed dataclasses.
+
+Precedence is CLI (`--set a.b=v`) > file > dataclass defaults. Unknown sections and keys, wrong types and
+impossible values are `RecipeError`s that name the key and what would be valid. Each field documents itself
+through `metadata["doc"]`; `zoo recipes --fields` prints that reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from zoo.errors import RecipeError
+
+
+def doc(text: str, default: Any) -> Any:
+    """A dataclass field with a default and a one-line description."""
+    return field(default=default, metadata={"doc": text})
+
+
+def check(ok: bool, key: str, message: str) -> None:
+    """Raise a RecipeError for `key` unless `ok`."""
+    if not ok:
+        raise RecipeError(f"recipe value {key} {message}")
+
+
+# --------------------------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class RunConfig:
+    description: str = doc("one line shown by `zoo recipes`", "")
+    seed: int = doc("seed for initialisation, data order, dropout", 1337)
+    device: str = doc("auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps", "auto")
+    precision: Literal["fp32", "bf16", "fp16"] = doc("fp32, or bf16/fp16 autocast (fp16 uses a grad scaler)", "fp32")
+
+    def validate(self) -> None:
+        ok = self.device in ("auto", "cpu", "cuda", "mps") or (
+            self.device.startswith("cuda:") and self.device[5:].isdigit()
+        )
+        check(ok, "run.device", f"is {self.device!r}; use auto, cpu, cuda, cuda:N or mps")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = doc(
+        "embedded:tinyshakespeare, or a path to a local UTF-8 text file", "embedded:tinyshakespeare"
+    )
+    tokenizer: Literal["char"] = doc("char: vocabulary of the training text's characters, sorted", "char")
+    splits: tuple[float, float, float] = doc("train/val/test fractions, cut by position", (0.9, 0.05, 0.05))
+    encoding_errors: Literal["strict", "replace"] = doc(
+        "strict: invalid UTF-8 is an error; replace: decode it as U+FFFD", "strict"
+    )
+
+    def validate(self) -> None:
+        check(all(f > 0 for f in self.splits), "data.splits", f"is {list(self.splits)}; each must be > 0")
+        check(math.isclose(sum(self.splits), 1.0, abs_tol=1e-6), "data.splits",
+              f"is {list(self.splits)}; the fractions must add up to 1")
+        check(bool(self.source), "data.source", "is empty; name a text file or embedded:tinyshakespeare")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = doc("sequences per optimizer step (the global batch, over all processes)", 64)
+    micro_batch_size: int = doc("sequences per forward pass; 0 = the whole batch (no accumulation)", 0)
+    seq_len: int = doc("tokens per sequence (the truncated-BPTT length for recurrent models)", 100)
+    lr: float = doc("peak learning rate", 2e-3)
+    max_steps: int = doc("stop after this many optimizer steps (0 = no limit)", 0)
+    max_tokens: int = doc("stop after this many training tokens (0 = no limit)", 0)
+    epochs: float = doc("stop after this many passes over the training split (0 = no limit)", 0.0)
+    grad_clip: float = doc("clip the global gradient norm to this (0 = off); the pre-clip norm is logged", 0.0)
+    early_stop_patience: int = doc("stop after this many evaluations without a better val loss (0 = off)", 0)
+
+    def validate(self) -> None:
+        check(self.batch_size > 0, "train.batch_size", f"is {self.batch_size}; it must be > 0")
+        check(self.micro_batch_size >= 0, "train.micro_batch_size", f"is {self.micro_batch_size}; use >= 0")
+        if self.micro_batch_size:
+            check(self.batch_size % self.micro_batch_size == 0, "train.micro_batch_size",
+                  f"is {self.micro_batch_size}; it must divide train.batch_size ({self.batch_size})")
+        check(self.seq_len > 0, "train.seq_len", f"is {self.seq_len}; it must be > 0")
+        check(self.lr > 0 and math.isfinite(self.lr), "train.lr", f"is {self.lr}; it must be > 0")
+        for key in ("max_steps", "max_tokens", "epochs", "grad_clip", "early_stop_patience"):
+            value = getattr(self, key)
+            check(value >= 0, f"train.{key}", f"is {value}; it must be >= 0")
+        check(bool(self.max_steps or self.max_tokens or self.epochs), "train.max_steps",
+              "is 0 and so are train.max_tokens and train.epochs; set at least one limit")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: Literal["adamw", "adam", "rmsprop", "sgd"] = doc("the optimizer", "adamw")
+    weight_decay: float = doc("decoupled (adamw) or L2 (others) weight decay", 0.0)
+    decay_all: bool = doc("decay every parameter, not only matrices and embeddings (tensors >= 2D)", False)
+    betas: tuple[float, float] = doc("Adam/AdamW betas", (0.9, 0.999))
+    eps: float = doc("Adam/AdamW/RMSprop epsilon", 1e-8)
+    momentum: float = doc("SGD/RMSprop momentum", 0.0)
+    alpha: float = doc("RMSprop smoothing constant (char-rnn's decay_rate)", 0.99)
+
+    def validate(self) -> None:
+        check(self.weight_decay >= 0, "optim.weight_decay", f"is {self.weight_decay}; it must be >= 0")
+        check(all(0 <= b < 1 for b in self.betas), "optim.betas", f"is {list(self.betas)}; each in [0, 1)")
+        check(self.eps > 0, "optim.eps", f"is {self.eps}; it must be > 0")
+        check(0 <= self.momentum < 1, "optim.momentum", f"is {self.momentum}; it must be in [0, 1)")
+        check(0 < self.alpha < 1, "optim.alpha", f"is {self.alpha}; it must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    kind: Literal["constant", "step", "cosine"] = doc(
+        "constant; step (char-rnn: x decay_rate per epoch after decay_after_epoch); cosine (warmup, then "
+        "cosine to min_lr)", "constant")
+    warmup_steps: int = doc("linear warmup steps (cosine; also applies to constant)", 0)
+    warmup_frac: float = doc("warmup as a fraction of all steps, if warmup_steps is 0", 0.0)
+    min_lr: float = doc("cosine floor (absolute learning rate)", 0.0)
+    decay_rate: float = doc("step: multiply the lr by this once per epoch", 0.97)
+    decay_after_epoch: int = doc("step: start decaying after this many epochs", 10)
+
+    def validate(self) -> None:
+        check(self.warmup_steps >= 0, "schedule.warmup_steps", f"is {self.warmup_steps}; it must be >= 0")
+        check(0 <= self.warmup_frac < 1, "schedule.warmup_frac", f"is {self.warmup_frac}; use [0, 1)")
+        check(self.min_lr >= 0, "schedule.min_lr", f"is {self.min_lr}; it must be >= 0")
+        check(0 < self.decay_rate <= 1, "schedule.decay_rate", f"is {self.decay_rate}; use (0, 1]")
+        check(self.decay_after_epoch >= 0, "schedule.decay_after_epoch",
+              f"is {self.decay_after_epoch}; it must be >= 0")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    interval: int = doc("evaluate every this many steps (0 = only at the end)", 200)
+    max_tokens: int = doc("tokens of the fixed validation slice (0 = the whole split)", 0)
+    batch_size: int = doc("streams (or windows) per evaluation batch", 16)
+    test: bool = doc("compute the test-split loss at the end (written to summary.json)", True)
+    sample_tokens: int = doc("length of the text sample logged at each evaluation (0 = none)", 200)
+    sample_prompt: str = doc("prompt of that sample (empty = the first character of the val split)", "")
+    sample_temperature: float = doc("temperature of that sample", 0.8)
+
+    def validate(self) -> None:
+        for key in ("interval", "max_tokens", "sample_tokens"):
+            check(getattr(self, key) >= 0, f"eval.{key}", f"is {getattr(self, key)}; it must be >= 0")
+        check(self.batch_size > 0, "eval.batch_size", f"is {self.batch_size}; it must be > 0")
+        check(self.sample_temperature >= 0, "eval.sample_temperature",
+              f"is {self.sample_temperature}; it must be >= 0")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    interval: int = doc("save every this many steps (0 = at each evaluation); always at the end", 0)
+    keep_last: int = doc("how many of the newest checkpoints to keep (the best is kept as well)", 2)
+
+    def validate(self) -> None:
+        check(self.interval >= 0, "checkpoint.interval", f"is {self.interval}; it must be >= 0")
+        check(self.keep_last >= 1, "checkpoint.keep_last", f"is {self.keep_last}; it must be >= 1")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    interval: int = doc("print a progress line every this many steps", 50)
+    progress: Literal["auto", "bar", "lines"] = doc("auto: a tqdm bar on a terminal, else lines", "auto")
+
+    def validate(self) -> None:
+        check(self.interval > 0, "log.interval", f"is {self.interval}; it must be > 0")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole recipe. `model` and `task` are the config classes their registries name."""
+
+    model: Any
+    task: Any
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+SECTIONS = [f.name for f in dataclasses.fields(Recipe)]
+# Fields that may differ when a run is resumed: they extend or re-cadence a run without changing what it
+# computes up to the step it resumes from.
+RESUMABLE_CHANGES = ("train.max_steps", "train.max_tokens", "train.epochs", "train.early_stop_patience",
+                     "eval.interval", "eval.test", "checkpoint.", "log.", "run.description")
+
+
+# ------------------------------------------------------------------------------------------- building
+def _suggest(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"{hint} valid: {', '.join(valid)}"
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(annotation))
+    if origin in (tuple, list):
+        return f"list of {_type_name(typing.get_args(annotation)[0])}"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            raise RecipeError(f"recipe value {key} is {value!r}; use one of {', '.join(map(repr, choices))}")
+        return value
+    if origin in (tuple, list):
+        args = typing.get_args(annotation)
+        if not isinstance(value, list | tuple):
+            raise RecipeError(f"recipe value {key} must be a {_type_name(annotation)}, got {value!r}")
+        fixed = [a for a in args if a is not Ellipsis]
+        if origin is tuple and Ellipsis not in args and len(value) != len(args):
+            raise RecipeError(f"recipe value {key} must have {len(args)} items, got {len(value)}")
+        return tuple(_coerce(v, fixed[0] if len(fixed) == 1 else fixed[i], f"{key}[{i}]")
+                     for i, v in enumerate(value))
+    if annotation is bool:
+        ok = isinstance(value, bool)
+    elif annotation is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif annotation is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif annotation is str:
+        ok = isinstance(value, str)
+    else:  # pragma: no cover - a config class used an annotation this parser does not know
+        raise TypeError(f"unsupported annotation {annotation!r} for {key}")
+    if not ok:
+        raise RecipeError(
+            f"recipe value {key} must be {_type_name(annotation)}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def build_config(cls: type, raw: dict[str, Any], section: str) -> Any:
+    """Build the dataclass `cls` from `raw`, rejecting unknown keys and wrong types, then validate it."""
+    if not isinstance(raw, dict):
+        raise RecipeError(f"recipe section [{section}] must be a table, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            raise RecipeError(f"unknown recipe key {section}.{key}{_suggest(key, names)}")
+        kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
+    config = cls(**kwargs)
+    if hasattr(config, "validate"):
+        config.validate()
+    return config
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (["a", "b"], value parsed as TOML, or the bare string if it is not TOML)."""
+    if "=" not in item:
+        raise RecipeError(f"override {item!r} must look like section.key=value (e.g. train.lr=1e-3)")
+    key, raw = item.split("=", 1)
+    path = [p.strip() for p in key.strip().split(".")]
+    if len(path) < 2 or not all(path):
+        raise RecipeError(f"override {item!r} must name section.key (e.g. train.lr=1e-3)")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return path, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `raw` with each `a.b=value` applied."""
+    raw = json.loads(json.dumps(raw))
+    for item in overrides:
+        path, value = parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"override {item!r}: {part} is not a section")
+        node[path[-1]] = value
+    return raw
+
+
+def _polymorphic(raw: dict[str, Any], section: str, selector: str, known: dict[str, type]) -> Any:
+    table = dict(raw.get(section, {}))
+    if not isinstance(table, dict):
+        raise RecipeError(f"recipe section [{section}] must be a table")
+    name = table.get(selector)
+    if name is None:
+        raise RecipeError(f"recipe has no {section}.{selector}; choose one of: {', '.join(sorted(known))}")
+    if name not in known:
+        raise RecipeError(f"unknown {section}.{selector} {name!r}; known: {', '.join(sorted(known))}")
+    return build_config(known[name], table, section)
+
+
+def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
+    """Build and validate a Recipe from a parsed TOML document."""
+    from zoo import registry
+
+    for section in raw:
+        if section not in SECTIONS:
+            raise RecipeError(f"unknown recipe section [{section}]{_suggest(section, SECTIONS)}")
+    raw = {"task": {"kind": "lm"}, **raw}
+    model = _polymorphic(raw, "model", "arch", registry.model_configs())
+    task = _polymorphic(raw, "task", "kind", registry.task_configs())
+    hints = typing.get_type_hints(Recipe)
+    sections = {name: build_config(hints[name], raw.get(name, {}), name)
+                for name in SECTIONS if name not in ("model", "task")}
+    recipe = Recipe(model=model, task=task, **sections)
+    for part in (model, task):
+        if hasattr(part, "validate_recipe"):
+            part.validate_recipe(recipe)
+    return recipe
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML file, turning I/O and syntax problems into one-line RecipeErrors."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {path} does not exist (`zoo recipes` lists the shipped ones)")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"recipe file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"recipe file {path} is not UTF-8 text") from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe file, apply `--set` overrides, and build the typed Recipe."""
+    raw = apply_overrides(read_toml(path), overrides or [])
+    try:
+        return recipe_from_dict(raw)
+    except RecipeError as exc:
+        raise RecipeError(f"{path}: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------------- writing
+def recipe_to_dict(recipe: Recipe) -> dict[str, dict[str, Any]]:
+    """The recipe as nested plain data (tuples become lists), every field present."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in SECTIONS:
+        section = getattr(recipe, name)
+        out[name] = {f.name: _plain(getattr(section, f.name)) for f in dataclasses.fields(section)}
+    return out
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, tuple | list) else value
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def dumps_toml(data: dict[str, dict[str, Any]]) -> str:
+    """Write a two-level dict (sections of scalars and lists) as TOML."""
+    lines = []
+    for section, table in data.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in table.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def flatten(data: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """{"train": {"lr": 1}} -> {"train.lr": 1}."""
+    return {f"{s}.{k}": v for s, table in data.items() for k, v in table.items()}
+
+
+def recipe_changes(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> list[str]:
+    """Dotted keys whose values differ and that a resumed run may not change."""
+    a, b = flatten(old), flatten(new)
+    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return [k for k in changed if not any(k == r or (r.endswith(".") and k.startswith(r))
+                                          for r in RESUMABLE_CHANGES)]
+
+
+def field_reference() -> str:
+    """Markdown reference of every recipe section and field (defaults and docs)."""
+    from zoo import registry
+
+    lines = []
+    groups: list[tuple[str, type]] = [(n, typing.get_type_hints(Recipe)[n]) for n in SECTIONS[2:]]
+    groups += [(f"model (arch = \"{n}\")", c) for n, c in registry.model_configs().items()]
+    groups += [(f"task (kind = \"{n}\")", c) for n, c in registry.task_configs().items()]
+    for title, cls in groups:
+        lines.append(f"[{title}]")
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            lines.append(f"  {f.name} = {_toml_value(_plain(default))}   # {_type_name(hints[f.name])}: "
+                         f"{f.metadata.get('doc', '')}")
+        lines.append("")
+    return "\n".join(lines)
+

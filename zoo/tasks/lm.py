@@ -1,0 +1,155 @@
+"""Next-token language modelling.
+
+Stateful (recurrent) models read the split as char-rnn does: each batch row is one contiguous stream, batch
+i+1 continues every row of batch i, the state is carried (and detached by the trainer) and reset at each
+epoch. Stateless models read random windows, drawn from a generator seeded by (seed, step), so a batch is a
+pure function of the step and resuming needs no loader state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.data import TokenSplits
+from zoo.errors import DataError
+from zoo.models.base import State
+from zoo.recipe import doc
+from zoo.tasks.base import Batch
+
+
+@dataclass(frozen=True)
+class LMTaskConfig:
+    kind: str = doc("lm", "lm")
+    sampling: Literal["auto", "streams", "windows"] = doc(
+        "auto: streams for recurrent models, random windows otherwise", "auto")
+
+
+def as_streams(ids: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets laid out as `rows` contiguous streams: [rows, L] each."""
+    length = (len(ids) - 1) // rows
+    x = ids[: rows * length].view(rows, length)
+    y = ids[1 : rows * length + 1].view(rows, length)
+    return x, y
+
+
+class LMTask:
+    """Language modelling over token splits for any backbone."""
+
+    def __init__(self, config: LMTaskConfig, splits: TokenSplits, *, stateful: bool, batch_size: int,
+                 seq_len: int, seed: int, eval_batch_size: int, eval_max_tokens: int):
+        self.config = config
+        self.splits = splits
+        self.streams = config.sampling == "streams" or (config.sampling == "auto" and stateful)
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.seed = seed
+        self.eval_batch_size = eval_batch_size
+        self.eval_max_tokens = eval_max_tokens
+        train = splits.train
+        need = batch_size * seq_len + 1
+        if len(train) < need:
+            raise DataError(f"the train split has {len(train):,} tokens, fewer than one batch needs "
+                            f"({batch_size} x {seq_len} + 1 = {need:,}); lower train.batch_size or "
+                            f"train.seq_len, or use more text")
+        for split in ("val", "test"):
+            if len(splits[split]) < 2:
+                raise DataError(f"the {split} split has {len(splits[split])} tokens; it needs at least 2 "
+                                f"(use more text or a larger data.splits fraction)")
+        if self.streams:
+            self.train_x, self.train_y = as_streams(train, batch_size)
+
+    def steps_per_epoch(self) -> int:
+        if self.streams:
+            return self.train_x.shape[1] // self.seq_len
+        return max(1, (len(self.splits.train) - 1) // (self.batch_size * self.seq_len))
+
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    def micro_batches(self, step: int, rank: int, world_size: int, micro_batch_size: int) -> list[Batch]:
+        """This rank's micro-batches of global step `step`. The global batch is the same for any world
+        size: micro-batch m covers rows [m*mb, (m+1)*mb) and rank r takes every m with m % world == r."""
+        n_micro = self.batch_size // micro_batch_size
+        mine = [m for m in range(n_micro) if m % world_size == rank]
+        if self.streams:
+            i = step % self.steps_per_epoch()
+            cols = slice(i * self.seq_len, (i + 1) * self.seq_len)
+            return [Batch(self.train_x[m * micro_batch_size:(m + 1) * micro_batch_size, cols],
+                          self.train_y[m * micro_batch_size:(m + 1) * micro_batch_size, cols],
+                          slot=m, reset=i == 0) for m in mine]
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        train = self.splits.train
+        starts = torch.randint(0, len(train) - self.seq_len, (self.batch_size,), generator=gen)
+        offsets = torch.arange(self.seq_len)
+        out = []
+        for m in mine:
+            rows = starts[m * micro_batch_size:(m + 1) * micro_batch_size, None] + offsets
+            out.append(Batch(train[rows], train[rows + 1], slot=m, reset=True))
+        return out
+
+    def loss(self, model: nn.Module, batch: Batch, state: State) -> tuple[torch.Tensor, State]:
+        hidden, new_state = model(batch.x, state)
+        logits = model.lm_head(hidden)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch.y.reshape(-1))
+        return loss, new_state
+
+    def eval_tokens(self, split: str) -> torch.Tensor:
+        """The fixed evaluation slice of a split (its first `eval.max_tokens` tokens, or all of it)."""
+        ids = self.splits[split]
+        return ids[: self.eval_max_tokens + 1] if self.eval_max_tokens else ids
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str, device: torch.device,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+                 ) -> dict[str, float]:
+        """Mean next-token loss (nats) over the fixed slice of `split`, plus perplexity and bits/token."""
+        was_training = model.training
+        model.eval()
+        ids = self.eval_tokens(split)
+        total, count = 0.0, 0
+        try:
+            for x, y, state_carry in self._eval_batches(ids, model):
+                with autocast():
+                    hidden, new_state = model(x.to(device), state_carry[0])
+                    logits = model.lm_head(hidden)
+                state_carry[0] = new_state
+                total += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.to(device).reshape(-1),
+                                         reduction="sum").item()
+                count += y.numel()
+        finally:
+            model.train(was_training)
+        loss = total / max(1, count)
+        return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bits_per_token": loss / math.log(2),
+                "tokens": count}
+
+    def _eval_batches(self, ids: torch.Tensor, model: nn.Module):
+        if self.streams:
+            rows = max(1, min(self.eval_batch_size, (len(ids) - 1) // self.seq_len))
+            x, y = as_streams(ids, rows)
+            carry: list = [None]
+            for start in range(0, x.shape[1], self.seq_len):
+                yield x[:, start:start + self.seq_len], y[:, start:start + self.seq_len], carry
+            return
+        window = min(self.seq_len, model.max_seq_len or self.seq_len)
+        n = (len(ids) - 1) // window
+        if n == 0:
+            yield ids[None, :-1], ids[None, 1:], [None]
+            return
+        x = ids[: n * window].view(n, window)
+        y = ids[1 : n * window + 1].view(n, window)
+        for start in range(0, n, self.eval_batch_size):
+            yield x[start:start + self.eval_batch_size], y[start:start + self.eval_batch_size], [None]
+
+
+def build(config: LMTaskConfig, recipe, splits: TokenSplits, model: nn.Module) -> LMTask:
+    return LMTask(config, splits, stateful=model.stateful, batch_size=recipe.train.batch_size,
+                  seq_len=recipe.train.seq_len, seed=recipe.run.seed, eval_batch_size=recipe.eval.batch_size,
+                  eval_max_tokens=recipe.eval.max_tokens)

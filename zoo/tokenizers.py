@@ -1,0 +1,91 @@
+"""Tokenizers. CharTokenizer learns its vocabulary from the training text; it is saved in the run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from zoo.errors import DataError, ZooError
+
+
+class CharTokenizer:
+    """Characters to ids. The vocabulary is the sorted set of characters, so it is the same in every run and
+    process (never the iteration order of a `set`)."""
+
+    kind = "char"
+
+    def __init__(self, chars: list[str], fallback: str | None = None):
+        self.chars = list(chars)
+        self.stoi = {c: i for i, c in enumerate(self.chars)}
+        if len(self.stoi) != len(self.chars) or any(len(c) != 1 for c in self.chars):
+            raise ZooError("character vocabulary must hold distinct single characters")
+        self.fallback = fallback
+
+    @classmethod
+    def from_text(cls, text: str) -> CharTokenizer:
+        return cls(sorted(set(text)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the vocabulary, to tell two tokenizers apart in messages."""
+        return hashlib.sha256("".join(self.chars).encode("utf-8")).hexdigest()[:12]
+
+    def unknown(self, text: str) -> list[str]:
+        """The characters of `text` that are not in the vocabulary, sorted."""
+        return sorted(set(text) - self.stoi.keys())
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of `text`; characters outside the vocabulary map to the fallback or raise a ZooError."""
+        missing = self.unknown(text)
+        if missing:
+            if self.fallback is None:
+                shown = ", ".join(repr(c) for c in missing[:10])
+                raise ZooError(f"text has characters the vocabulary lacks: {shown}; use only characters "
+                               f"of the training text ({self.vocab_size} known)")
+            fb = self.stoi[self.fallback]
+            return [self.stoi.get(c, fb) for c in text]
+        return [self.stoi[c] for c in text]
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """Fast encoding of a large text to a uint16/int32 array (every character must be known)."""
+        table = np.full(max(map(ord, self.chars)) + 1 if self.chars else 1, -1, dtype=np.int64)
+        for i, c in enumerate(self.chars):
+            table[ord(c)] = i
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        if codes.size and codes.max() >= table.size:
+            raise DataError(f"text has characters the vocabulary lacks: {self.unknown(text)[:10]}")
+        ids = table[codes]
+        if ids.size and ids.min() < 0:
+            raise DataError(f"text has characters the vocabulary lacks: {self.unknown(text)[:10]}")
+        return ids.astype(np.int32)
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "chars": self.chars, "fallback": self.fallback}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=0), encoding="utf-8")
+
+
+def tokenizer_from_dict(data: dict) -> CharTokenizer:
+    """Rebuild a tokenizer saved with `to_dict`."""
+    if data.get("kind") == "char":
+        return CharTokenizer(data["chars"], data.get("fallback"))
+    raise ZooError(f"unknown tokenizer kind {data.get('kind')!r} in a saved tokenizer")
+
+
+def load_tokenizer(path: str | Path) -> CharTokenizer:
+    """Load a tokenizer saved in a run directory."""
+    path = Path(path)
+    if not path.is_file():
+        raise ZooError(f"tokenizer file {path} is missing")
+    return tokenizer_from_dict(json.loads(path.read_text(encoding="utf-8")))

@@ -1,0 +1,407 @@
+"""The one training loop. It knows the backbone and task protocols, never an architecture.
+
+Per step: the learning rate from the schedule; the micro-batches under autocast, each continuing its carried
+state (detached: truncated BPTT); unscale, record the pre-clip gradient norm, clip; a joint finite check;
+the optimizer step. Per cadence: evaluation, logging (rank 0), checkpoints (rank 0 writes, all wait).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zoo import dist, registry
+from zoo.checkpoint import Checkpointer, load_model_tensors, read_checkpoint, write_atomic
+from zoo.data import char_data
+from zoo.errors import CheckpointError, RecipeError, TrainingError
+from zoo.generate import generate
+from zoo.models.base import State, count_parameters, detach_state, flops_per_token
+from zoo.optim import build_optimizer, lr_at
+from zoo.recipe import Recipe, flatten, recipe_to_dict
+from zoo.runs import prepare_run_dir, read_summary, write_summary
+from zoo.tblog import TBLogger
+from zoo.tokenizers import load_tokenizer
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Dense bf16 peak FLOP/s of common GPUs, for MFU (the fraction of the peak the run achieves).
+PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "A10G": 125e12, "L4": 121e12, "4090": 165e12}
+
+
+@dataclass
+class TrainResult:
+    summary: dict[str, Any]
+    signal: int | None = None  # the signal that stopped the run early, if any
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop checkpoints at the next step boundary and exits. A second signal
+    aborts at once (the checkpoint writes are atomic, so nothing saved is lost)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the next step boundary "
+              "(send it again to abort now)", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def _total_steps(recipe: Recipe, steps_per_epoch: int, tokens_per_step: int) -> int:
+    limits = []
+    if recipe.train.max_steps:
+        limits.append(recipe.train.max_steps)
+    if recipe.train.max_tokens:
+        limits.append(math.ceil(recipe.train.max_tokens / tokens_per_step))
+    if recipe.train.epochs:
+        limits.append(math.ceil(recipe.train.epochs * steps_per_epoch))
+    return max(1, min(limits))
+
+
+class _Progress:
+    """A tqdm bar on a terminal, plain log lines otherwise (rank 0 only)."""
+
+    def __init__(self, enabled: bool, mode: str, total: int, initial: int):
+        self.bar = None
+        self.enabled = enabled
+        if enabled and (mode == "bar" or (mode == "auto" and sys.stderr.isatty())):
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+    def step(self, postfix: str) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(postfix, refresh=False)
+
+    def line(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@dataclass
+class Counters:
+    """Training progress that checkpoints carry (plain numbers, so `weights_only` loading works)."""
+
+    step: int = 0
+    tokens: int = 0
+    elapsed: float = 0.0
+    clipped_steps: int = 0
+    best_val: float = math.inf
+    best_step: int = -1
+    evals_since_best: int = 0
+
+
+def train(recipe: Recipe, run_dir: str | Path) -> TrainResult:
+    """Train (or resume) the run in `run_dir` to the recipe's limits; returns the summary."""
+    env = dist.environment()
+    device = dist.resolve_device(recipe.run.device, env)
+    dist.init(env, device)
+    try:
+        return Trainer(recipe, Path(run_dir), env, device).run()
+    finally:
+        dist.shutdown()
+
+
+class Trainer:
+    """One run: builds data, model, task and optimizer from a recipe, restores the latest checkpoint, and
+    trains to the recipe's limits."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, env: dist.DistEnv, device: torch.device):
+        self.recipe, self.run_dir, self.env, self.device = recipe, run_dir, env, device
+        self.main = env.is_main
+        if self.main:
+            prepare_run_dir(recipe, run_dir)
+        dist.barrier(env)
+        self.ckpt = Checkpointer(run_dir, recipe.checkpoint.keep_last)
+
+        # a resumed run keeps the vocabulary it was trained with
+        tok_path = run_dir / "tokenizer.json"
+        known = load_tokenizer(tok_path) if tok_path.is_file() else None
+        data = recipe.data
+        self.tokenizer, self.splits = char_data(data.source, data.splits, data.encoding_errors, known)
+        if self.main and known is None:
+            write_atomic(tok_path, json.dumps(self.tokenizer.to_dict(), ensure_ascii=False))
+
+        torch.manual_seed(recipe.run.seed)
+        self.model = registry.build_model(recipe.model, self.tokenizer.vocab_size).to(device)
+        self.task = registry.build_task(recipe, self.splits, self.model)
+
+        train, world = recipe.train, env.world_size
+        self.micro = train.micro_batch_size or train.batch_size // world
+        if self.micro == 0 or train.batch_size % (self.micro * world):
+            raise RecipeError(f"train.batch_size {train.batch_size} does not split into micro-batches of "
+                              f"{self.micro or 1} on each of {world} processes; adjust train.micro_batch_size")
+        self.accumulation = train.batch_size // (self.micro * world)
+        self.steps_per_epoch = self.task.steps_per_epoch()
+        self.tokens_per_step = self.task.tokens_per_step()
+        self.total_steps = _total_steps(recipe, self.steps_per_epoch, self.tokens_per_step)
+
+        self.optimizer = build_optimizer(self.model, recipe.optim, train.lr)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=recipe.run.precision == "fp16")
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.n_params = count_parameters(self.model)
+        self.flops_per_token = flops_per_token(self.model)
+        self.peak_flops = _peak_flops(device)
+        self.sample_prompt = self.tokenizer.encode(recipe.eval.sample_prompt) or [int(self.splits.val[0])]
+
+        self.counters = Counters()
+        self.carried: dict[int, State] = {}
+        self.resumed_from = self.ckpt.latest()
+        if self.resumed_from is not None:
+            self._restore(self.resumed_from)
+
+    # ------------------------------------------------------------------------------------------ state
+    def autocast(self) -> contextlib.AbstractContextManager:
+        precision = self.recipe.run.precision
+        if precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=DTYPES[precision])
+
+    def _restore(self, path: Path) -> None:
+        tensors, state, meta = read_checkpoint(path)
+        load_model_tensors(self.model, tensors, meta.get("aliases", {}), str(path))
+        for key in ("optimizer", "rng", "counters", "carried"):
+            if key not in state:
+                raise CheckpointError(f"checkpoint {path} lacks its {key} state and cannot be resumed exactly; "
+                                      "delete it to resume from an older one")
+        saved_world = state["counters"].pop("world_size")
+        if saved_world != self.env.world_size and any(state["carried"].values()):
+            raise CheckpointError(f"{path} was written by {saved_world} processes; a recurrent run resumes "
+                                  f"only with the same number (not {self.env.world_size})")
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.counters = Counters(**state["counters"])
+        self.carried = {int(k): tuple(t.to(self.device) for t in v) for k, v in state["carried"].items()}
+
+    def save(self, best: bool = False) -> None:
+        """Rank 0 writes a checkpoint of the current step; every rank waits for it."""
+        if self.main:
+            rng = {"torch": torch.get_rng_state()}
+            if self.device.type == "cuda":
+                rng["cuda"] = torch.cuda.get_rng_state(self.device)
+            state = {
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+                "rng": rng,
+                "counters": {**asdict(self.counters), "world_size": self.env.world_size},
+                "carried": {str(k): [t.detach().cpu() for t in v] for k, v in self.carried.items() if v},
+            }
+            meta = {"recipe": recipe_to_dict(self.recipe), "tokenizer": self.tokenizer.kind, "zoo_format": 1,
+                    "best": best, "val_loss": self.counters.best_val if best else None}
+            self.ckpt.save(self.counters.step, self.model, state, meta, best=best)
+        dist.barrier(self.env)
+
+    # ------------------------------------------------------------------------------------------ steps
+    def train_step(self) -> tuple[float, float, float]:
+        """One optimizer step over this rank's micro-batches; returns (loss, pre-clip grad norm, lr)."""
+        c, recipe = self.counters, self.recipe
+        lr = lr_at(c.step, recipe.train.lr, recipe.schedule, self.total_steps, self.steps_per_epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = 0.0
+        for batch in self.task.micro_batches(c.step, self.env.rank, self.env.world_size, self.micro):
+            state_in = None if batch.reset else self.carried.get(batch.slot)
+            batch = batch._replace(x=batch.x.to(self.device), y=batch.y.to(self.device))
+            with self.autocast():
+                try:
+                    loss, new_state = self.task.loss(self.model, batch, state_in)
+                except RuntimeError as exc:
+                    precision = recipe.run.precision
+                    if precision == "fp32":
+                        raise
+                    reason = str(exc).splitlines()[0][:200]
+                    raise TrainingError(f"{precision} autocast failed on {self.device} ({reason}); this model's "
+                                        f"kernels lack {precision} here: use run.precision = \"bf16\" or "
+                                        "\"fp32\"") from None
+            self.carried[batch.slot] = detach_state(new_state)
+            self.scaler.scale(loss / self.accumulation).backward()
+            loss_sum += loss.item()
+        train_loss = dist.mean(loss_sum / self.accumulation, self.env, self.device)
+        self.scaler.unscale_(self.optimizer)
+        clip = recipe.train.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else math.inf).item()
+        if not math.isfinite(train_loss) or (not math.isfinite(grad_norm) and not self.scaler.is_enabled()):
+            last = self.ckpt.latest()
+            kept = f"the last good checkpoint {last.name} is intact" if last else "no checkpoint was written"
+            raise TrainingError(f"training loss is {train_loss} (gradient norm {grad_norm}) at step {c.step + 1}; "
+                                f"nothing was updated and {kept}; lower train.lr or set train.grad_clip, then "
+                                "run the same command to resume")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        c.step += 1
+        c.tokens += self.tokens_per_step
+        c.clipped_steps += int(clip > 0 and grad_norm > clip)
+        return train_loss, grad_norm, lr
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Loss on the fixed slice of a split, averaged over ranks."""
+        result = self.task.evaluate(self.model, split, self.device, self.autocast)
+        result["loss"] = dist.mean(result["loss"], self.env, self.device)
+        return result
+
+    def sample(self) -> str:
+        """A short text sample with its own generator, so evaluation never disturbs the training RNG."""
+        ev = self.recipe.eval
+        if not ev.sample_tokens or not self.main:
+            return ""
+        gen = torch.Generator().manual_seed(self.recipe.run.seed + self.counters.step)
+        ids = generate(self.model, self.sample_prompt, ev.sample_tokens, temperature=ev.sample_temperature,
+                       generator=gen, device=self.device)
+        return self.tokenizer.decode(self.sample_prompt + ids)
+
+    # ------------------------------------------------------------------------------------------ loop
+    def run(self) -> TrainResult:
+        c, recipe = self.counters, self.recipe
+        progress = _Progress(self.main, recipe.log.progress, self.total_steps, c.step)
+        if c.step >= self.total_steps:
+            progress.line(f"{self.run_dir} already finished at step {c.step}; raise train.max_steps (or "
+                          "max_tokens, epochs) to train further, or use a new --name")
+            return TrainResult(read_summary(self.run_dir) or {})
+        if self.resumed_from is not None:
+            progress.line(f"resuming {self.run_dir} from {self.resumed_from.name} (step {c.step}/"
+                          f"{self.total_steps})")
+        else:
+            progress.line(f"training {self.run_dir}: {self.n_params:,} parameters, {self.steps_per_epoch} "
+                          f"steps/epoch, {self.total_steps} steps of {self.tokens_per_step:,} tokens on "
+                          f"{self.device} ({recipe.run.precision})")
+        purge = c.step + 1 if self.resumed_from is not None else None
+        self.logger = TBLogger(self.run_dir, enabled=self.main, purge_step=purge)
+        try:
+            if self.resumed_from is None:
+                self.logger.text("recipe", (self.run_dir / "recipe.toml").read_text(encoding="utf-8"), 0)
+            with _StopFlag() as stop:
+                status, last_val, train_loss = self._loop(progress, stop)
+            summary = self._finish(status, last_val, train_loss, progress)
+        finally:
+            progress.close()
+            self.logger.close()
+        return TrainResult(summary, signal=stop.signum if status == "interrupted" else None)
+
+    def _loop(self, progress: _Progress, stop: _StopFlag) -> tuple[str, float | None, float]:
+        c, recipe, log = self.counters, self.recipe, self.logger
+        window_tokens, window_start = 0, time.perf_counter()
+        t_start = time.perf_counter() - c.elapsed
+        last_val, train_loss, tps = None, math.nan, 0.0
+        self.model.train()
+        while True:
+            train_loss, grad_norm, lr = self.train_step()
+            c.elapsed = time.perf_counter() - t_start
+            window_tokens += self.tokens_per_step
+            log.scalars({"loss/train": train_loss, "optim/lr": lr, "optim/grad_norm": grad_norm,
+                         "optim/clipped_frac": c.clipped_steps / c.step, "progress/tokens": c.tokens}, c.step)
+            progress.step(f"loss {train_loss:.4f} | {tps / 1000:.1f}k tok/s")
+            is_last = c.step >= self.total_steps
+            if c.step % recipe.log.interval == 0 or is_last:
+                now = time.perf_counter()
+                tps = window_tokens / max(now - window_start, 1e-9)
+                window_tokens, window_start = 0, now
+                log.scalars({"perf/tokens_per_s": tps}, c.step)
+                if self.peak_flops:
+                    mfu = tps * self.flops_per_token / (self.peak_flops * self.env.world_size)
+                    log.scalars({"perf/mfu": mfu}, c.step)
+                if progress.bar is None:
+                    progress.line(f"step {c.step}/{self.total_steps} | epoch {c.step / self.steps_per_epoch:.2f}"
+                                  f" | loss {train_loss:.4f} | lr {lr:.2e} | grad norm {grad_norm:.3f} | "
+                                  f"{tps / 1000:.1f}k tok/s | {c.elapsed:.0f}s")
+
+            evaluating = bool(recipe.eval.interval and c.step % recipe.eval.interval == 0) or is_last
+            improved, early_stop = False, False
+            if evaluating:
+                last_val = self.evaluate("val")["loss"]
+                improved = last_val < c.best_val
+                if improved:
+                    c.best_val, c.best_step, c.evals_since_best = last_val, c.step, 0
+                else:
+                    c.evals_since_best += 1
+                log.scalars({"loss/val": last_val, "ppl/val": math.exp(min(last_val, 50.0))}, c.step)
+                sample = self.sample()
+                if sample:
+                    log.text("sample", sample, c.step)
+                progress.line(f"eval step {c.step}: val loss {last_val:.4f}{' (best)' if improved else ''}")
+                patience = recipe.train.early_stop_patience
+                early_stop = bool(patience and c.evals_since_best >= patience)
+
+            stopping = dist.any_rank(stop.signum is not None, self.env, self.device)
+            interval = recipe.checkpoint.interval
+            due = (c.step % interval == 0) if interval else evaluating
+            if due or improved or is_last or stopping or early_stop:
+                self.save(best=improved)
+                log.flush()
+            if stopping:
+                return "interrupted", last_val, train_loss
+            if early_stop:
+                return "early_stopped", last_val, train_loss
+            if is_last:
+                return "finished", last_val, train_loss
+
+    def _finish(self, status: str, last_val: float | None, train_loss: float, progress: _Progress) -> dict:
+        c, recipe = self.counters, self.recipe
+        summary = {
+            "run": self.run_dir.name, "status": status, "step": c.step, "total_steps": self.total_steps,
+            "epochs": c.step / self.steps_per_epoch, "tokens": c.tokens, "params": self.n_params,
+            "flops_per_token": self.flops_per_token, "wall_time_s": c.elapsed,
+            "tokens_per_s": c.tokens / max(c.elapsed, 1e-9), "device": str(self.device),
+            "precision": recipe.run.precision, "vocab_size": self.tokenizer.vocab_size,
+            "final_train_loss": train_loss, "final_val_loss": last_val,
+            "best_val_loss": c.best_val if math.isfinite(c.best_val) else None, "best_step": c.best_step,
+        }
+        if status != "interrupted" and recipe.eval.test:
+            summary["test_loss"] = self.evaluate("test")["loss"]
+            self.logger.scalars({"loss/test": summary["test_loss"]}, c.step)
+            progress.line(f"test loss {summary['test_loss']:.4f}")
+        if self.main:
+            write_summary(self.run_dir, summary)
+            if status != "interrupted":
+                metrics = {f"final/{k}": float(summary[k]) for k in ("final_val_loss", "best_val_loss", "test_loss")
+                           if summary.get(k) is not None}
+                self.logger.hparams(flatten(recipe_to_dict(recipe)), metrics)
+        if status == "interrupted":
+            progress.line(f"stopped at step {c.step}; checkpoint saved; run the same command to resume")
+        else:
+            progress.line(f"done: {c.step} steps, {c.tokens:,} tokens in {c.elapsed:.0f}s; best val loss "
+                          f"{c.best_val:.4f}")
+        return summary
