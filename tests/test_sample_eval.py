@@ -67,7 +67,7 @@ def test_eval_reports_the_test_loss_of_the_summary(zoo, trained):
     assert result.code == 0, result
     report = json.loads(result.out)
     assert report["loss"] == pytest.approx(read_summary(trained)["test_loss"], rel=1e-9)
-    assert report["split"] == "test" and report["checkpoint"] == "step-00000030"
+    assert report["split"] == "test" and report["model"].endswith("(step-00000030)")
 
 
 def test_top_k_and_top_p_restrict_the_choices():

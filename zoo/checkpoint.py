@@ -80,13 +80,17 @@ def load_model_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], alias
     shapes = sorted(f"{k} {tuple(full[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
                     if k in full and full[k].shape != v.shape)
     if missing or unexpected or shapes:
+        def listed(items: list[str], sep: str) -> str:
+            more = f" (+{len(items) - 6} more)" if len(items) > 6 else ""
+            return sep.join(items[:6]) + more
+
         parts = []
         if missing:
-            parts.append(f"missing {', '.join(missing[:6])}")
+            parts.append(f"missing {listed(missing, ', ')}")
         if unexpected:
-            parts.append(f"unexpected {', '.join(unexpected[:6])}")
+            parts.append(f"unexpected {listed(unexpected, ', ')}")
         if shapes:
-            parts.append(f"shape (saved vs model) {'; '.join(shapes[:6])}")
+            parts.append(f"shape (saved vs model) {listed(shapes, '; ')}")
         raise CheckpointError(f"weights in {source} do not fit this model: {' | '.join(parts)}")
     model.load_state_dict(full)
 

@@ -30,24 +30,42 @@ def _recipe_path(given: str) -> Path:
     return path
 
 
-def _cmd_sample(args: argparse.Namespace) -> int:
-    import torch
-
+def _load_for_inference(args: argparse.Namespace):
+    """(model, tokenizer, recipe or None, label) from a run directory or from `--weights`."""
     from zoo.dist import environment, resolve_device
-    from zoo.generate import generate
     from zoo.runs import load_run
 
     device = resolve_device(args.device, environment())
-    run = load_run(args.run, args.checkpoint, device)
-    tok = run.tokenizer
+    if args.weights:
+        if args.run:
+            raise ZooError("give either a run directory or --weights, not both")
+        from zoo.models.gpt2 import from_hf
+        from zoo.tokenizers import Gpt2Tokenizer
+
+        spec = args.weights if args.weights.startswith("hf:") else f"hf:{args.weights}"
+        return from_hf(spec).to(device).eval(), Gpt2Tokenizer(), None, spec, device
+    if not args.run:
+        raise ZooError("name a run directory (e.g. runs/char_rnn_shakespeare) or --weights gpt2")
+    run = load_run(args.run, args.checkpoint, device, args.set)
+    return run.model, run.tokenizer, run.recipe, f"{run.run_dir} ({run.checkpoint.name})", device
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from zoo.generate import generate
+
+    model, tok, _, _, device = _load_for_inference(args)
     if args.prompt:
         prompt = tok.encode(args.prompt)
+    elif getattr(tok, "eot", None) is not None:
+        prompt = [tok.eot]
     else:
         prompt = tok.encode("\n") if "\n" in tok.stoi else [0]
     gen = torch.Generator().manual_seed(args.seed)
     for i in range(args.num_samples):
-        ids = generate(run.model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, generator=gen, device=device)
+        ids = generate(model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, generator=gen, device=device, stop_token=getattr(tok, "eot", None))
         if i:
             print("\n" + "-" * 40)
         print(tok.decode(prompt + ids) if args.prompt else tok.decode(ids))
@@ -58,18 +76,32 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from zoo import registry
-    from zoo.data import char_data
-    from zoo.dist import environment, resolve_device
-    from zoo.runs import load_run
+    from zoo.data import load_splits
+    from zoo.recipe import load_recipe
 
-    device = resolve_device(args.device, environment())
-    run = load_run(args.run, args.checkpoint, device)
-    recipe = run.recipe
-    _, splits = char_data(recipe.data.source, recipe.data.splits, recipe.data.encoding_errors, run.tokenizer)
-    task = registry.build_task(recipe, splits, run.model)
-    result = task.evaluate(run.model, args.split, device)
-    result = {"run": str(run.run_dir), "checkpoint": run.checkpoint.name, "split": args.split, **result}
-    print(json.dumps(result, indent=1))
+    model, tok, recipe, label, device = _load_for_inference(args)
+    if args.data:
+        recipe = load_recipe(_recipe_path(args.data), args.set if args.weights else [])
+    if recipe is None:
+        raise ZooError("--weights needs --data RECIPE to say which data to evaluate on")
+    if recipe.data.tokenizer != tok.kind:
+        raise ZooError(f"the model's tokenizer is {tok.kind} but the data recipe's is {recipe.data.tokenizer}")
+    _, splits, _ = load_splits(recipe.data, tok)
+    task = registry.build_task(recipe, splits, model)
+    result = task.evaluate(model, args.split, device)
+    print(json.dumps({"model": label, "split": args.split, **result}, indent=1))
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    import json
+
+    from zoo.data import load_splits
+    from zoo.recipe import load_recipe
+
+    recipe = load_recipe(_recipe_path(args.recipe), args.set)
+    _, _, info = load_splits(recipe.data)
+    print(json.dumps({k: v for k, v in info.items() if k != "manifest"}, indent=1))
     return 0
 
 
@@ -97,24 +129,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs", help="where runs live (default: ./runs)")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("sample", help="generate text from a trained run")
-    p.add_argument("run", help="a run directory, e.g. runs/char_rnn_shakespeare")
-    p.add_argument("--prompt", default="", help="text to continue (default: a new line)")
+    p = sub.add_parser("prepare-data", help="tokenise a recipe's corpus into cached token files")
+    p.add_argument("recipe")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.set_defaults(func=_cmd_prepare)
+
+    def add_model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("run", nargs="?", help="a run directory, e.g. runs/char_rnn_shakespeare")
+        p.add_argument("--weights", help="GPT-2 weights instead of a run: gpt2 (Hub id) or hf:PATH")
+        p.add_argument("--checkpoint", default="latest", help="latest, best or step-N")
+        p.add_argument("--device", default="auto")
+        p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="change the run's recipe before loading, e.g. model.impl=scratch")
+
+    p = sub.add_parser("sample", help="generate text from a trained run or GPT-2 weights")
+    add_model_args(p)
+    p.add_argument("--prompt", default="", help="text to continue (default: a new line, or <|endoftext|>)")
     p.add_argument("--max-new-tokens", type=int, default=500)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = all)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--checkpoint", default="latest", help="latest, best or step-N")
-    p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_sample)
 
-    p = sub.add_parser("eval", help="loss of a trained run on a split")
-    p.add_argument("run")
+    p = sub.add_parser("eval", help="loss of a trained run (or GPT-2 weights) on a split")
+    add_model_args(p)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--checkpoint", default="latest", help="latest, best or step-N")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--data", help="a recipe whose [data] to evaluate on (default: the run's own)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("recipes", help="list the shipped recipes")

@@ -28,29 +28,35 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
 @torch.no_grad()
 def generate(model: nn.Module, prompt: list[int], max_new_tokens: int, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
-             device: torch.device | str = "cpu") -> list[int]:
-    """Continue `prompt` by `max_new_tokens` ids. The model is left in eval mode's state it was in."""
+             device: torch.device | str = "cpu", stop_token: int | None = None) -> list[int]:
+    """Continue `prompt` by up to `max_new_tokens` ids (fewer if `stop_token` comes; it is not returned).
+
+    Recurrent models are primed with the prompt and then carry their state; attention models keep a KV cache
+    and, when the context window fills, start a fresh cache on the last half window."""
     if not prompt:
         raise ValueError("generation needs a prompt of at least one token")
     was_training = model.training
     model.eval()
     out: list[int] = []
     try:
-        idx = torch.tensor([prompt], dtype=torch.long, device=device)
-        if model.stateful:
-            hidden, state = model(idx)  # prime the state with the whole prompt
-            for _ in range(max_new_tokens):
-                nxt = sample_next(model.lm_head(hidden[:, -1]), temperature, top_k, top_p, generator)
-                out.append(int(nxt.item()))
-                hidden, state = model(nxt.view(1, 1), state)
-        else:
-            context = idx
-            for _ in range(max_new_tokens):
-                window = context if model.max_seq_len is None else context[:, -model.max_seq_len:]
-                hidden, _ = model(window)
-                nxt = sample_next(model.lm_head(hidden[:, -1]), temperature, top_k, top_p, generator)
-                out.append(int(nxt.item()))
-                context = torch.cat([context, nxt.view(1, 1)], dim=1)
+        context = list(prompt)
+        window = model.max_seq_len
+        if window is not None:
+            context = context[-window:]
+        hidden, state = model(torch.tensor([context], dtype=torch.long, device=device),
+                              model.init_state(1, device) if not model.stateful else None)
+        for _ in range(max_new_tokens):
+            nxt = int(sample_next(model.lm_head(hidden[:, -1]), temperature, top_k, top_p, generator).item())
+            if nxt == stop_token:
+                break
+            out.append(nxt)
+            context.append(nxt)
+            if window is not None and len(context) > window:
+                context = context[-(window // 2 or 1):]  # re-prime on the recent half window
+                hidden, state = model(torch.tensor([context], dtype=torch.long, device=device),
+                                      model.init_state(1, device))
+            else:
+                hidden, state = model(torch.tensor([[nxt]], dtype=torch.long, device=device), state)
     finally:
         model.train(was_training)
     return out

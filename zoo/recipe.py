@@ -49,19 +49,29 @@ class RunConfig:
 @dataclass(frozen=True)
 class DataConfig:
     source: str = doc(
-        "embedded:tinyshakespeare, or a path to a local UTF-8 text file", "embedded:tinyshakespeare"
-    )
-    tokenizer: Literal["char"] = doc("char: vocabulary of the training text's characters, sorted", "char")
-    splits: tuple[float, float, float] = doc("train/val/test fractions, cut by position", (0.9, 0.05, 0.05))
+        "embedded:tinyshakespeare; a local file, folder or glob of .txt/.jsonl/.parquet; or hf:NAME[:CONFIG] "
+        "(streamed from the Hugging Face Hub)", "embedded:tinyshakespeare")
+    tokenizer: Literal["char", "gpt2"] = doc(
+        "char: the training text's characters, sorted; gpt2: OpenAI's GPT-2 BPE (50,257 ids)", "char")
+    splits: tuple[float, float, float] = doc(
+        "train/val/test fractions of a single text, cut by position", (0.9, 0.05, 0.05))
     encoding_errors: Literal["strict", "replace"] = doc(
-        "strict: invalid UTF-8 is an error; replace: decode it as U+FFFD", "strict"
-    )
+        "strict: invalid UTF-8 is an error; replace: decode it as U+FFFD", "strict")
+    text_field: str = doc("the text column of .jsonl/.parquet/Hub datasets", "text")
+    val_fraction: float = doc("share of a corpus's documents held out for validation (every 1/x-th)", 0.01)
+    max_tokens: int = doc("stop preparing a corpus once its train split has this many tokens (0 = all)", 0)
+    test_offset: int = doc("the fixed test slice starts this many tokens into the validation split", 0)
+    test_tokens: int = doc("length of the fixed test slice (0 = the second half of the validation split)", 0)
+    cache_dir: str = doc("where prepared token files go (empty = $ZOO_CACHE or ~/.cache/zoo)", "")
 
     def validate(self) -> None:
         check(all(f > 0 for f in self.splits), "data.splits", f"is {list(self.splits)}; each must be > 0")
         check(math.isclose(sum(self.splits), 1.0, abs_tol=1e-6), "data.splits",
               f"is {list(self.splits)}; the fractions must add up to 1")
         check(bool(self.source), "data.source", "is empty; name a text file or embedded:tinyshakespeare")
+        check(0 < self.val_fraction < 0.5, "data.val_fraction", f"is {self.val_fraction}; use (0, 0.5)")
+        for key in ("max_tokens", "test_offset", "test_tokens"):
+            check(getattr(self, key) >= 0, f"data.{key}", f"is {getattr(self, key)}; it must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -183,10 +193,10 @@ class Recipe:
 
 
 SECTIONS = [f.name for f in dataclasses.fields(Recipe)]
-# Fields that may differ when a run is resumed: they extend or re-cadence a run without changing what it
-# computes up to the step it resumes from.
+# Fields that may differ when a run is resumed: they extend or re-cadence a run, or swap an implementation
+# for an equivalent one, without changing what it computes up to the step it resumes from.
 RESUMABLE_CHANGES = ("train.max_steps", "train.max_tokens", "train.epochs", "train.early_stop_patience",
-                     "eval.interval", "eval.test", "checkpoint.", "log.", "run.description")
+                     "eval.interval", "eval.test", "checkpoint.", "log.", "run.description", "model.impl")
 
 
 # ------------------------------------------------------------------------------------------- building

@@ -8,9 +8,9 @@ from zoo.errors import RecipeError
 
 
 def _models() -> dict[str, tuple[type, Any]]:
-    from zoo.models import rnn
+    from zoo.models import gpt2, rnn
 
-    return {"char_rnn": (rnn.CharRNNConfig, rnn.build)}
+    return {"char_rnn": (rnn.CharRNNConfig, rnn.build), "gpt2": (gpt2.GPT2Config, gpt2.build)}
 
 
 def _tasks() -> dict[str, tuple[type, Any]]:

@@ -15,7 +15,7 @@ from torch import nn
 from zoo import registry
 from zoo.checkpoint import Checkpointer, load_model_tensors, read_checkpoint, write_atomic
 from zoo.errors import CheckpointError, RecipeError
-from zoo.recipe import Recipe, dumps_toml, read_toml, recipe_changes, recipe_from_dict, recipe_to_dict
+from zoo.recipe import Recipe, apply_overrides, dumps_toml, read_toml, recipe_changes, recipe_from_dict, recipe_to_dict
 from zoo.tokenizers import CharTokenizer, load_tokenizer
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
@@ -61,12 +61,14 @@ class LoadedRun:
     meta: dict[str, Any]
 
 
-def load_run(run_dir: str | Path, which: str = "latest", device: torch.device | str = "cpu") -> LoadedRun:
-    """Rebuild the model of `run_dir` and load the `latest`, `best` or `step-N` checkpoint into it."""
+def load_run(run_dir: str | Path, which: str = "latest", device: torch.device | str = "cpu",
+             overrides: list[str] | None = None) -> LoadedRun:
+    """Rebuild the model of `run_dir` and load the `latest`, `best` or `step-N` checkpoint into it;
+    `overrides` (`section.key=value`) change the run's recipe first, e.g. `model.impl=scratch`."""
     run_dir = Path(run_dir)
     if not (run_dir / "recipe.toml").is_file():
         raise CheckpointError(f"{run_dir} is not a zoo run (no recipe.toml); train one with `zoo train`")
-    recipe = recipe_from_dict(read_toml(run_dir / "recipe.toml"))
+    recipe = recipe_from_dict(apply_overrides(read_toml(run_dir / "recipe.toml"), overrides or []))
     tokenizer = load_tokenizer(run_dir / "tokenizer.json")
     path = Checkpointer(run_dir).resolve(which)
     tensors, _, meta = read_checkpoint(path)

@@ -1,8 +1,12 @@
-"""Tokenizers. CharTokenizer learns its vocabulary from the training text; it is saved in the run."""
+"""Tokenizers. CharTokenizer learns its vocabulary from the training text (saved in the run); Gpt2Tokenizer
+is OpenAI's GPT-2 BPE through tiktoken, built from the vocabulary shipped with zoo so it works offline."""
 
 from __future__ import annotations
 
+import base64
+import functools
 import hashlib
+import importlib.resources
 import json
 from pathlib import Path
 
@@ -76,14 +80,68 @@ class CharTokenizer:
         Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=0), encoding="utf-8")
 
 
-def tokenizer_from_dict(data: dict) -> CharTokenizer:
+# tiktoken's own pins for GPT-2 (tiktoken_ext/openai_public.py): the shipped file must be byte-identical
+R50K_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+EOT = 50256
+
+
+@functools.cache
+def gpt2_encoding():
+    """tiktoken's `gpt2` encoding built from zoo's copy of OpenAI's r50k_base ranks (no download)."""
+    import tiktoken
+
+    raw = (importlib.resources.files("zoo.data") / "gpt2" / "r50k_base.tiktoken").read_bytes()
+    if hashlib.sha256(raw).hexdigest() != R50K_SHA256:
+        raise ZooError("zoo/data/gpt2/r50k_base.tiktoken is damaged (checksum mismatch); reinstall zoo")
+    ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in raw.splitlines())}
+    return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": EOT}, explicit_n_vocab=EOT + 1)
+
+
+class Gpt2Tokenizer:
+    """GPT-2 byte-level BPE: 50,257 ids, `<|endoftext|>` = 50256 between documents. Any text encodes."""
+
+    kind = "gpt2"
+    eot = EOT
+    vocab_size = EOT + 1
+
+    def __init__(self):
+        self.enc = gpt2_encoding()
+
+    def unknown(self, text: str) -> list[str]:
+        return []
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of `text`; `<|endoftext|>` written in the text is encoded as the special token."""
+        return self.enc.encode(text, allowed_special={"<|endoftext|>"})
+
+    def encode_batch(self, texts: list[str], threads: int = 8) -> list[list[int]]:
+        """Ids of many documents at once (tiktoken runs them in parallel threads); special tokens in the
+        text are treated as plain text."""
+        return self.enc.encode_ordinary_batch(texts, num_threads=threads)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.enc.decode(ids)
+
+    @property
+    def fingerprint(self) -> str:
+        return "gpt2"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind}
+
+
+def tokenizer_from_dict(data: dict) -> CharTokenizer | Gpt2Tokenizer:
     """Rebuild a tokenizer saved with `to_dict`."""
     if data.get("kind") == "char":
         return CharTokenizer(data["chars"], data.get("fallback"))
+    if data.get("kind") == "gpt2":
+        return Gpt2Tokenizer()
     raise ZooError(f"unknown tokenizer kind {data.get('kind')!r} in a saved tokenizer")
 
 
-def load_tokenizer(path: str | Path) -> CharTokenizer:
+def load_tokenizer(path: str | Path) -> CharTokenizer | Gpt2Tokenizer:
     """Load a tokenizer saved in a run directory."""
     path = Path(path)
     if not path.is_file():

@@ -8,6 +8,7 @@ the optimizer step. Per cadence: evaluation, logging (rank 0), checkpoints (rank
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import signal
@@ -22,7 +23,7 @@ import torch
 
 from zoo import dist, registry
 from zoo.checkpoint import Checkpointer, load_model_tensors, read_checkpoint, write_atomic
-from zoo.data import char_data
+from zoo.data import load_splits
 from zoo.errors import CheckpointError, RecipeError, TrainingError
 from zoo.generate import generate
 from zoo.models.base import State, count_parameters, detach_state, flops_per_token
@@ -146,6 +147,8 @@ class Trainer:
     trains to the recipe's limits."""
 
     def __init__(self, recipe: Recipe, run_dir: Path, env: dist.DistEnv, device: torch.device):
+        if hasattr(recipe.model, "resolved"):  # e.g. GPT-2 weights to start from fix the architecture
+            recipe = dataclasses.replace(recipe, model=recipe.model.resolved())
         self.recipe, self.run_dir, self.env, self.device = recipe, run_dir, env, device
         self.main = env.is_main
         if self.main:
@@ -156,8 +159,7 @@ class Trainer:
         # a resumed run keeps the vocabulary it was trained with
         tok_path = run_dir / "tokenizer.json"
         known = load_tokenizer(tok_path) if tok_path.is_file() else None
-        data = recipe.data
-        self.tokenizer, self.splits = char_data(data.source, data.splits, data.encoding_errors, known)
+        self.tokenizer, self.splits, self.data_info = load_splits(recipe.data, known, progress=self.main)
         if self.main and known is None:
             write_atomic(tok_path, json.dumps(self.tokenizer.to_dict(), ensure_ascii=False))
 
@@ -188,6 +190,8 @@ class Trainer:
         self.resumed_from = self.ckpt.latest()
         if self.resumed_from is not None:
             self._restore(self.resumed_from)
+        elif hasattr(self.model, "load_pretrained") and self.model.load_pretrained() and self.main:
+            print(f"starting from the weights of {recipe.model.init_from}", flush=True)
 
     # ------------------------------------------------------------------------------------------ state
     def autocast(self) -> contextlib.AbstractContextManager:

@@ -6,10 +6,10 @@ import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from zoo.errors import DataError
-from zoo.tokenizers import CharTokenizer
+from zoo.tokenizers import CharTokenizer, Gpt2Tokenizer
 
 EMBEDDED = {"tinyshakespeare": "tinyshakespeare.txt"}
 
@@ -37,19 +37,19 @@ def read_text(source: str, errors: str = "strict") -> str:
 
 @dataclass
 class TokenSplits:
-    """Token ids of the train/val/test splits, cut by position so they are the same in every run."""
+    """Token ids of the train/val/test splits (numpy arrays, memory-mapped for prepared corpora)."""
 
-    train: torch.Tensor
-    val: torch.Tensor
-    test: torch.Tensor
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
 
-    def __getitem__(self, split: str) -> torch.Tensor:
+    def __getitem__(self, split: str) -> np.ndarray:
         if split not in ("train", "val", "test"):
             raise DataError(f"unknown split {split!r}; use train, val or test")
         return getattr(self, split)
 
 
-def split_tokens(ids: torch.Tensor, fractions: tuple[float, float, float]) -> TokenSplits:
+def split_tokens(ids: np.ndarray, fractions: tuple[float, float, float]) -> TokenSplits:
     """Cut one token sequence into train/val/test by position (train first, test last)."""
     n = len(ids)
     a = int(round(n * fractions[0]))
@@ -68,5 +68,49 @@ def char_data(source: str, fractions: tuple[float, float, float], errors: str = 
     if missing:
         raise DataError(f"data source {source} has characters the run's vocabulary lacks "
                         f"({', '.join(map(repr, missing[:10]))}); start a new run for new text")
-    ids = torch.from_numpy(tokenizer.encode_array(text)).long()
-    return tokenizer, split_tokens(ids, fractions)
+    return tokenizer, split_tokens(tokenizer.encode_array(text), fractions)
+
+
+def _single_text(source: str) -> bool:
+    """Embedded datasets and a single plain-text file are one document, split by position."""
+    return source.startswith("embedded:") or (Path(source).expanduser().is_file()
+                                              and Path(source).suffix not in (".jsonl", ".json", ".parquet"))
+
+
+def load_splits(data, tokenizer=None, progress: bool = True):
+    """(tokenizer, TokenSplits, info) for a recipe's [data] section. Character data and single BPE texts are
+    split by position in memory; BPE corpora are prepared once into cached token files (`zoo prepare-data`)."""
+    if data.tokenizer == "char":
+        tok, splits = char_data(data.source, data.splits, data.encoding_errors, tokenizer)
+        return tok, splits, {"source": data.source, "tokens": {k: len(splits[k]) for k in ("train", "val", "test")}}
+    tok = Gpt2Tokenizer()
+    if _single_text(data.source):
+        ids = np.asarray(tok.encode(read_text(data.source, data.encoding_errors)), dtype=np.uint16)
+        splits = split_tokens(ids, data.splits)
+        return tok, splits, {"source": data.source, "tokens": {k: len(splits[k]) for k in ("train", "val", "test")}}
+    from zoo.data import tokens
+
+    folder = prepare(data, progress=progress)
+    manifest, arrays = tokens.load(folder)
+    val = arrays["val"]
+    if data.test_tokens:
+        end = data.test_offset + data.test_tokens
+        if end > len(val):
+            raise DataError(f"the validation split of {data.source} has {len(val):,} tokens; the test slice "
+                            f"[{data.test_offset:,}, {end:,}) does not fit; lower data.test_offset/test_tokens")
+        val_part, test = val[: data.test_offset], val[data.test_offset : end]
+    else:
+        half = len(val) // 2
+        val_part, test = val[:half], val[half:]
+    info = {"source": data.source, "cache": str(folder), "manifest": manifest,
+            "tokens": {"train": len(arrays["train"]), "val": len(val_part), "test": len(test)}}
+    return tok, TokenSplits(train=arrays["train"], val=val_part, test=test), info
+
+
+def prepare(data, progress: bool = True) -> Path:
+    """Tokenise a recipe's BPE corpus into cached token files (a no-op when they exist)."""
+    from zoo.data import tokens
+
+    cache = Path(data.cache_dir).expanduser() / "tokens" if data.cache_dir else None
+    return tokens.prepare(data.source, text_field=data.text_field, val_fraction=data.val_fraction,
+                          max_tokens=data.max_tokens, errors=data.encoding_errors, progress=progress, cache=cache)

@@ -1,4 +1,8 @@
-"""Karpathy's char-RNN: one-hot or embedded input -> stacked LSTM/GRU/RNN -> dropout -> linear head."""
+"""Karpathy's char-RNN: one-hot or embedded input -> stacked LSTM/GRU/RNN -> dropout -> linear head.
+
+The recurrent stack is torch.nn's (`impl = "torch"`) or zoo's own from-scratch cells (`impl = "scratch"`);
+both have the same parameter names, so checkpoints move between them.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.models.base import State
+from zoo.models.cells import ScratchRNN
 from zoo.recipe import check, doc
 
 
@@ -17,7 +22,8 @@ from zoo.recipe import check, doc
 class CharRNNConfig:
     arch: str = doc("char_rnn", "char_rnn")
     cell: Literal["lstm", "gru", "rnn"] = doc("recurrent cell", "lstm")
-    impl: Literal["torch"] = doc("torch: nn.LSTM / nn.GRU / nn.RNN", "torch")
+    impl: Literal["torch", "scratch"] = doc(
+        "torch: nn.LSTM / nn.GRU / nn.RNN; scratch: zoo.models.cells (same parameters, checkpoints swap)", "torch")
     input: Literal["embedding", "onehot"] = doc("learned embedding, or one-hot vectors (char-rnn's)", "embedding")
     embedding_dim: int = doc("embedding width (0 = hidden_size); ignored for one-hot input", 0)
     hidden_size: int = doc("units per recurrent layer", 256)
@@ -55,8 +61,12 @@ class CharRNN(nn.Module):
         else:
             in_size = vocab_size
             self.embedding = None
-        self.rnn = _CELLS[config.cell](in_size, config.hidden_size, config.num_layers, batch_first=True,
-                                       dropout=config.dropout if config.num_layers > 1 else 0.0)
+        between = config.dropout if config.num_layers > 1 else 0.0
+        if config.impl == "scratch":
+            self.rnn = ScratchRNN(config.cell, in_size, config.hidden_size, config.num_layers, dropout=between)
+        else:
+            self.rnn = _CELLS[config.cell](in_size, config.hidden_size, config.num_layers, batch_first=True,
+                                           dropout=between)
         self.drop = nn.Dropout(config.dropout)
         self.lm_head = nn.Linear(config.hidden_size, vocab_size)
         if config.tie_weights:

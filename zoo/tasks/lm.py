@@ -2,8 +2,10 @@
 
 Stateful (recurrent) models read the split as char-rnn does: each batch row is one contiguous stream, batch
 i+1 continues every row of batch i, the state is carried (and detached by the trainer) and reset at each
-epoch. Stateless models read random windows, drawn from a generator seeded by (seed, step), so a batch is a
-pure function of the step and resuming needs no loader state.
+epoch. Stateless models read random windows (nanoGPT's), drawn from a generator seeded by (seed, step), or
+sequential windows (one pass in order, then again). Either way a batch is a pure function of the step, so
+resuming needs no loader state. Token arrays stay numpy (memory-mapped for large corpora); only batches
+become tensors.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,16 +31,21 @@ from zoo.tasks.base import Batch
 @dataclass(frozen=True)
 class LMTaskConfig:
     kind: str = doc("lm", "lm")
-    sampling: Literal["auto", "streams", "windows"] = doc(
-        "auto: streams for recurrent models, random windows otherwise", "auto")
+    sampling: Literal["auto", "streams", "windows", "sequential"] = doc(
+        "auto: streams for recurrent models, random windows otherwise; sequential: windows in order", "auto")
 
 
-def as_streams(ids: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and targets laid out as `rows` contiguous streams: [rows, L] each."""
+def as_streams(ids: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and targets laid out as `rows` contiguous streams: [rows, L] each (views, no copy)."""
     length = (len(ids) - 1) // rows
-    x = ids[: rows * length].view(rows, length)
-    y = ids[1 : rows * length + 1].view(rows, length)
+    x = ids[: rows * length].reshape(rows, length)
+    y = ids[1 : rows * length + 1].reshape(rows, length)
     return x, y
+
+
+def to_long(a: np.ndarray) -> torch.Tensor:
+    """A batch of ids as an int64 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(a).astype(np.int64))
 
 
 class LMTask:
@@ -79,20 +87,24 @@ class LMTask:
         size: micro-batch m covers rows [m*mb, (m+1)*mb) and rank r takes every m with m % world == r."""
         n_micro = self.batch_size // micro_batch_size
         mine = [m for m in range(n_micro) if m % world_size == rank]
+        rows = [slice(m * micro_batch_size, (m + 1) * micro_batch_size) for m in mine]
         if self.streams:
             i = step % self.steps_per_epoch()
             cols = slice(i * self.seq_len, (i + 1) * self.seq_len)
-            return [Batch(self.train_x[m * micro_batch_size:(m + 1) * micro_batch_size, cols],
-                          self.train_y[m * micro_batch_size:(m + 1) * micro_batch_size, cols],
-                          slot=m, reset=i == 0) for m in mine]
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+            return [Batch(to_long(self.train_x[r, cols]), to_long(self.train_y[r, cols]), slot=m, reset=i == 0)
+                    for m, r in zip(mine, rows, strict=True)]
         train = self.splits.train
-        starts = torch.randint(0, len(train) - self.seq_len, (self.batch_size,), generator=gen)
-        offsets = torch.arange(self.seq_len)
+        if self.config.sampling == "sequential":
+            first = (step % self.steps_per_epoch()) * self.batch_size
+            starts = (first + np.arange(self.batch_size)) * self.seq_len
+        else:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+            starts = torch.randint(0, len(train) - self.seq_len, (self.batch_size,), generator=gen).numpy()
+        window = np.arange(self.seq_len + 1)
         out = []
-        for m in mine:
-            rows = starts[m * micro_batch_size:(m + 1) * micro_batch_size, None] + offsets
-            out.append(Batch(train[rows], train[rows + 1], slot=m, reset=True))
+        for m, r in zip(mine, rows, strict=True):
+            ids = train[starts[r, None] + window]
+            out.append(Batch(to_long(ids[:, :-1]), to_long(ids[:, 1:]), slot=m, reset=True))
         return out
 
     def loss(self, model: nn.Module, batch: Batch, state: State) -> tuple[torch.Tensor, State]:
@@ -101,10 +113,11 @@ class LMTask:
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch.y.reshape(-1))
         return loss, new_state
 
-    def eval_tokens(self, split: str) -> torch.Tensor:
-        """The fixed evaluation slice of a split (its first `eval.max_tokens` tokens, or all of it)."""
+    def eval_tokens(self, split: str) -> np.ndarray:
+        """The fixed evaluation slice of a split: the first `eval.max_tokens` tokens (or all) of val/train;
+        the whole test split, so test losses compare across runs whatever their eval cadence."""
         ids = self.splits[split]
-        return ids[: self.eval_max_tokens + 1] if self.eval_max_tokens else ids
+        return ids[: self.eval_max_tokens + 1] if self.eval_max_tokens and split != "test" else ids
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, device: torch.device,
@@ -130,23 +143,24 @@ class LMTask:
         return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bits_per_token": loss / math.log(2),
                 "tokens": count}
 
-    def _eval_batches(self, ids: torch.Tensor, model: nn.Module):
+    def _eval_batches(self, ids: np.ndarray, model: nn.Module):
         if self.streams:
             rows = max(1, min(self.eval_batch_size, (len(ids) - 1) // self.seq_len))
             x, y = as_streams(ids, rows)
             carry: list = [None]
             for start in range(0, x.shape[1], self.seq_len):
-                yield x[:, start:start + self.seq_len], y[:, start:start + self.seq_len], carry
+                yield to_long(x[:, start:start + self.seq_len]), to_long(y[:, start:start + self.seq_len]), carry
             return
         window = min(self.seq_len, model.max_seq_len or self.seq_len)
         n = (len(ids) - 1) // window
         if n == 0:
-            yield ids[None, :-1], ids[None, 1:], [None]
+            yield to_long(ids[None, :-1]), to_long(ids[None, 1:]), [None]
             return
-        x = ids[: n * window].view(n, window)
-        y = ids[1 : n * window + 1].view(n, window)
+        x = ids[: n * window].reshape(n, window)
+        y = ids[1 : n * window + 1].reshape(n, window)
         for start in range(0, n, self.eval_batch_size):
-            yield x[start:start + self.eval_batch_size], y[start:start + self.eval_batch_size], [None]
+            yield (to_long(x[start:start + self.eval_batch_size]), to_long(y[start:start + self.eval_batch_size]),
+                   [None])
 
 
 def build(config: LMTaskConfig, recipe, splits: TokenSplits, model: nn.Module) -> LMTask:

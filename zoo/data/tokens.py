@@ -1,0 +1,202 @@
+"""Pre-training data for BPE models: documents from local text/jsonl/parquet files or a Hugging Face dataset
+(streamed), tokenised once into memory-mapped uint16 token files with a manifest, cached and reused.
+
+A source is a sequence of documents; each document's tokens are followed by `<|endoftext|>`. Documents go to
+train or validation by index (every `round(1 / val_fraction)`-th to validation), so the split is the same on
+every machine. Memory is bounded by one chunk of documents, never by the corpus.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from zoo import __version__
+from zoo.errors import DataError
+from zoo.tokenizers import Gpt2Tokenizer
+
+FORMAT = 1
+LOCAL_FORMATS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "json", ".json": "json",
+                 ".parquet": "parquet"}
+
+
+def cache_root() -> Path:
+    """Where token files live: $ZOO_CACHE, else ~/.cache/zoo."""
+    return Path(os.environ.get("ZOO_CACHE") or Path.home() / ".cache" / "zoo") / "tokens"
+
+
+def local_files(source: str) -> list[Path]:
+    """The files a local source names: a file, a directory (its supported files) or a glob pattern."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in LOCAL_FORMATS)
+    elif any(ch in source for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(source)))
+    elif path.is_file():
+        files = [path]
+    else:
+        raise DataError(f"data source {source} does not exist; name a file, a folder, a glob, or hf:NAME[:CONFIG]")
+    if not files:
+        raise DataError(f"data source {source} holds no .txt, .jsonl or .parquet files")
+    kinds = {LOCAL_FORMATS.get(p.suffix) for p in files}
+    if None in kinds or len(kinds) > 1:
+        raise DataError(f"data source {source} must be files of one kind: .txt, .jsonl or .parquet "
+                        f"(found {', '.join(sorted({p.suffix or '(none)' for p in files}))})")
+    return files
+
+
+def _text_documents(files: list[Path], errors: str) -> Iterator[str]:
+    for path in files:
+        raw = path.read_bytes()
+        try:
+            yield raw.decode("utf-8", errors=errors)
+        except UnicodeDecodeError as exc:
+            raise DataError(f"data file {path} is not UTF-8 (invalid byte at offset {exc.start}); convert it, or "
+                            f"set data.encoding_errors = \"replace\"") from None
+
+
+def _dataset_documents(dataset, text_field: str, where: str) -> Iterator[str]:
+    for i, row in enumerate(dataset):
+        if text_field not in row:
+            raise DataError(f"{where} row {i} has no {text_field!r} field (fields: {', '.join(row)}); "
+                            f"set data.text_field")
+        text = row[text_field]
+        if isinstance(text, str) and text:
+            yield text
+
+
+def documents(source: str, text_field: str = "text", errors: str = "strict") -> Iterator[str]:
+    """The documents of a source, streamed: `hf:NAME[:CONFIG]` or local .txt/.jsonl/.parquet files."""
+    import datasets
+
+    if source.startswith("hf:"):
+        name, _, config = source.removeprefix("hf:").partition(":")
+        try:
+            dataset = datasets.load_dataset(name, name=config or None, split="train", streaming=True)
+        except Exception as exc:  # datasets raises many kinds (ConnectionError, offline mode, missing repo)
+            raise DataError(f"cannot open Hugging Face dataset {name!r} ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:160]}); it needs a network connection, or use local "
+                            f"files") from None
+        yield from _dataset_documents(dataset, text_field, source)
+        return
+    files = local_files(source)
+    kind = LOCAL_FORMATS[files[0].suffix]
+    if kind == "text":
+        yield from _text_documents(files, errors)
+        return
+    dataset = datasets.load_dataset(kind, data_files=[str(p) for p in files], split="train", streaming=True)
+    yield from _dataset_documents(dataset, text_field, source)
+
+
+def _fingerprint(source: str, files: list[Path] | None, settings: dict) -> str:
+    h = hashlib.sha256(json.dumps({"source": source, "format": FORMAT, **settings}, sort_keys=True).encode())
+    for path in files or []:
+        st = path.stat()
+        h.update(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def prepare(source: str, *, text_field: str = "text", val_fraction: float = 0.01, max_tokens: int = 0,
+            errors: str = "strict", chunk_documents: int = 512, threads: int = 8, progress: bool = True,
+            cache: Path | None = None) -> Path:
+    """Tokenise `source` with GPT-2 BPE into `<cache>/<fingerprint>/{train,val}.bin` + `manifest.json`, unless
+    that folder exists already. `max_tokens` stops once the train split holds that many (0 = whole source)."""
+    files = None if source.startswith("hf:") else local_files(source)
+    settings = {"tokenizer": "gpt2", "text_field": text_field, "val_fraction": val_fraction,
+                "max_tokens": max_tokens, "errors": errors}
+    folder = (cache or cache_root()) / _fingerprint(source, files, settings)
+    if (folder / "manifest.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    tok = Gpt2Tokenizer()
+    every = max(2, round(1 / val_fraction)) if val_fraction > 0 else 0
+    counts = {"train": 0, "val": 0}
+    docs = {"train": 0, "val": 0}
+    hashes = {"train": hashlib.sha256(), "val": hashlib.sha256()}
+    n_bytes, start = 0, time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(unit="doc", desc=f"tokenising {source}", disable=not sys.stderr.isatty())
+    outs = {split: open(tmp / f"{split}.bin", "wb") for split in counts}  # noqa: SIM115 - closed below
+    try:
+        index = 0
+        chunk: list[str] = []
+        stream = documents(source, text_field, errors)
+
+        def flush(chunk: list[str], first_index: int) -> None:
+            nonlocal n_bytes
+            for offset, ids in enumerate(tok.encode_batch(chunk, threads=threads)):
+                split = "val" if every and (first_index + offset) % every == every - 1 else "train"
+                ids.append(tok.eot)
+                data = np.asarray(ids, dtype=np.uint16).tobytes()
+                outs[split].write(data)
+                hashes[split].update(data)
+                counts[split] += len(ids)
+                docs[split] += 1
+            n_bytes += sum(len(d.encode("utf-8")) for d in chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+                bar.set_postfix_str(f"{counts['train'] + counts['val']:,} tokens")
+
+        for text in stream:
+            chunk.append(text)
+            if len(chunk) >= chunk_documents:
+                flush(chunk, index)
+                index += len(chunk)
+                chunk = []
+                if max_tokens and counts["train"] >= max_tokens:
+                    break
+        if chunk and not (max_tokens and counts["train"] >= max_tokens):
+            flush(chunk, index)
+            index += len(chunk)
+    finally:
+        for f in outs.values():
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        if bar is not None:
+            bar.close()
+    if counts["train"] == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"data source {source} yielded no text to train on")
+    seconds = time.perf_counter() - start
+    manifest = {
+        "source": source, "tokenizer": "gpt2", "dtype": "uint16", "format": FORMAT, "zoo_version": __version__,
+        "settings": settings, "documents": docs, "tokens": counts,
+        "sha256": {k: h.hexdigest() for k, h in hashes.items()}, "text_bytes": n_bytes,
+        "seconds": round(seconds, 3), "files": [str(p) for p in files or []],
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process finished the same data first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def load(folder: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """The manifest and the memory-mapped train/val token arrays of a prepared folder."""
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    arrays = {}
+    for split in ("train", "val"):
+        path = folder / f"{split}.bin"
+        size = path.stat().st_size
+        if size != 2 * manifest["tokens"][split]:
+            raise DataError(f"token file {path} is truncated ({size} bytes, manifest says "
+                            f"{manifest['tokens'][split]} tokens); delete {folder} to prepare it again")
+        arrays[split] = np.memmap(path, dtype=np.uint16, mode="r") if size else np.zeros(0, dtype=np.uint16)
+    return manifest, arrays

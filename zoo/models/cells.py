@@ -1,0 +1,300 @@
+"""LSTM, GRU and Elman RNN layers written from tensor operations (no nn.LSTM/nn.GRU/nn.RNN kernels).
+
+Parameters are named and packed as in `nn.LSTM` / `nn.GRU` / `nn.RNN` (`weight_ih_l{k}` [G*H, I],
+`weight_hh_l{k}` [G*H, H], `bias_ih_l{k}`, `bias_hh_l{k}`; LSTM gates i, f, g, o; GRU gates r, z, n), so a
+state dict moves between `impl = "torch"` and `impl = "scratch"` unchanged.
+
+Speed comes from four things: the input projection of all timesteps is one matmul before the time loop; each
+step is one fused gate matmul plus a few element-wise ops; each layer is a `torch.autograd.Function` with a
+hand-written backward that precomputes the chain-rule factors of all steps, runs a short reverse time loop,
+and then computes the weight gradients of all timesteps in one matmul each, instead of recording an autograd
+graph per step; and on CPU the matmuls go through oneDNN, the library behind nn.LSTM's own CPU kernel.
+
+LSTM, per step (sigma = sigmoid, * = element-wise):
+    i = sigma(W_ii x + b_ii + W_hi h + b_hi)      f = sigma(W_if x + b_if + W_hf h + b_hf)
+    g = tanh(W_ig x + b_ig + W_hg h + b_hg)       o = sigma(W_io x + b_io + W_ho h + b_ho)
+    c' = f * c + i * g                             h' = o * tanh(c')
+GRU, per step:
+    r = sigma(W_ir x + b_ir + W_hr h + b_hr)      z = sigma(W_iz x + b_iz + W_hz h + b_hz)
+    n = tanh(W_in x + b_in + r * (W_hn h + b_hn)) h' = (1 - z) * n + z * h
+RNN, per step:
+    h' = tanh(W_ih x + b_ih + W_hh h + b_hh)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+# ----------------------------------------------------------------------------------------- matmuls
+def _onednn_available() -> bool:
+    """Whether PyTorch's oneDNN linear op works here. It is the GEMM library behind nn.LSTM's CPU kernel and,
+    unlike the default BLAS path on some CPUs (MKL on AMD processors), it uses the widest vector units, so
+    the scratch cells use it where it exists and fall back to plain matmuls elsewhere (CUDA, other builds)."""
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+        w = torch.ops.mkldnn._reorder_linear_weight(torch.ones(4, 3), 2)
+        out = op(torch.ones(2, 3), w, None, "none", [], "")
+        return bool(torch.allclose(out, torch.full((2, 4), 3.0)))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+_ONEDNN = torch.backends.mkldnn.is_available() and _onednn_available()
+
+
+def _fast(x: torch.Tensor) -> bool:
+    return _ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32
+
+
+def _mm_t(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ b.T (+ bias); b may be a transposed view."""
+    if _fast(a):
+        return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
+    return a @ b.t() if bias is None else torch.addmm(bias, a, b.t())
+
+
+class _Recurrent:
+    """h @ w.T for one weight used at every step of a time loop, its layout prepared once."""
+
+    def __init__(self, w: torch.Tensor, batch: int):
+        self.fast = _fast(w)
+        self.w = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), batch) if self.fast else w.t()
+
+    def __call__(self, h: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+        """h @ w.T (+ add)."""
+        if self.fast:
+            if add is None:
+                return torch.ops.mkldnn._linear_pointwise(h, self.w, None, "none", [], "")
+            return torch.ops.mkldnn._linear_pointwise.binary(h, add, self.w, None, "add")
+        return torch.mm(h, self.w) if add is None else torch.addmm(add, h, self.w)
+
+
+def _grads(x, hs, d_pre, w_ih, d_pre_h=None):
+    """Input and weight gradients for all timesteps at once from the pre-activation gradients `d_pre`
+    [T, B, G*H] (and `d_pre_h` for the hidden side when it differs, as in the GRU), given the inputs `x` and
+    the hidden states `hs` entering each step (h_{t-1}; extra trailing steps are ignored): one matmul each."""
+    steps, batch, width = d_pre.shape
+    flat = d_pre.view(steps * batch, width)
+    flat_h = flat if d_pre_h is None else d_pre_h.view(steps * batch, width)
+    d_x = _mm_t(flat, w_ih.t()).view(steps, batch, -1)
+    # computed transposed ((X^T dG)^T = dG^T X), which spares oneDNN a copy of the large gradient matrix
+    d_w_ih = _mm_t(x.view(steps * batch, -1).t(), flat.t()).t()
+    d_w_hh = _mm_t(hs[:steps].view(steps * batch, -1).t(), flat_h.t()).t()
+    return d_x, d_w_ih, d_w_hh, flat.sum(0), flat_h.sum(0)
+
+
+# The layer Functions work time-major ([T, B, features]) so each step's slice is contiguous.
+# ------------------------------------------------------------------------------------------- LSTM
+class _LSTMLayer(torch.autograd.Function):
+    # Per-step results are kept as lists of fresh small tensors and stacked once: writing each step into a
+    # slice of a large new buffer costs a page fault per touched page, which at small sizes outweighs the math.
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        steps, batch, _ = x.shape
+        hidden = h0.shape[1]
+        g_part = slice(2 * hidden, 3 * hidden)
+        # tanh(u) = 2 sigma(2u) - 1: with the g rows doubled, one sigmoid serves all four gates (ATen's tanh is
+        # several times slower than its sigmoid)
+        scale = torch.ones(4 * hidden, 1, dtype=x.dtype, device=x.device)
+        scale[g_part] = 2.0
+        # all timesteps' input projections (and both biases) in one matmul
+        xp = _mm_t(x.view(steps * batch, -1), w_ih * scale, (b_ih + b_hh) * scale[:, 0]).view(steps, batch, -1)
+        rec = _Recurrent(w_hh * scale, batch)
+        acts, cells, tanh_cs, hs = [], [c0], [], [h0]  # sigma(i), sigma(f), tanh(g), sigma(o); c_t; tanh(c_t); h_t
+        h, c = h0, c0
+        for t in range(steps):
+            a = rec(h, xp[t]).sigmoid_()
+            i, f, g, o = a.chunk(4, dim=1)
+            g.mul_(2).sub_(1)
+            c = torch.addcmul(f * c, i, g)
+            tanh_c = torch.tanh(c)
+            h = o * tanh_c
+            acts.append(a)
+            cells.append(c)
+            tanh_cs.append(tanh_c)
+            hs.append(h)
+        hs = torch.stack(hs)
+        ctx.save_for_backward(x, w_ih, w_hh, torch.stack(acts), torch.stack(cells[:-1]), torch.stack(tanh_cs), hs)
+        return hs[1:], h.clone(), c.clone()
+
+    @staticmethod
+    def backward(ctx, d_out, d_hn, d_cn):
+        x, w_ih, w_hh, acts, c_prev, tanh_c, hs = ctx.saved_tensors
+        steps, batch, four_h = acts.shape
+        hidden = four_h // 4
+        # the chain-rule factors of all steps at once:
+        #   d_i = dc * g i(1-i)   d_f = dc * c_prev f(1-f)   d_g = dc * i (1-g^2)   d_o = dh * tanh(c) o(1-o)
+        #   dc_t = dc_{t+1} f_{t+1} + dh * o (1 - tanh(c)^2)
+        i, f, g, o = acts.chunk(4, dim=2)
+        factors = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)], 2)
+        c_factor = o * (1 - tanh_c * tanh_c)
+        f = f.contiguous()
+        rec = _Recurrent(w_hh.t(), batch)
+        d_pre = [None] * steps
+        dh = d_hn if d_hn is not None else x.new_zeros(batch, hidden)
+        dc = d_cn if d_cn is not None else x.new_zeros(batch, hidden)
+        for t in reversed(range(steps)):
+            if d_out is not None:
+                dh = dh + d_out[t]
+            dc = torch.addcmul(dc, dh, c_factor[t])
+            d = torch.mul(factors[t], torch.stack((dc, dc, dc, dh), dim=1)).view(batch, four_h)
+            d_pre[t] = d
+            dc = dc * f[t]
+            dh = rec(d)
+        d_x, d_w_ih, d_w_hh, d_b, _ = _grads(x, hs, torch.stack(d_pre), w_ih)
+        return d_x, dh, dc, d_w_ih, d_w_hh, d_b, d_b
+
+
+# -------------------------------------------------------------------------------------------- GRU
+class _GRULayer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh):
+        steps, batch, _ = x.shape
+        hidden = h0.shape[1]
+        rz, n_part = slice(0, 2 * hidden), slice(2 * hidden, 3 * hidden)
+        # b_hn stays inside r * (W_hn h + b_hn); the other hidden biases fold into the input projection
+        folded = torch.cat([b_ih[rz] + b_hh[rz], b_ih[n_part]])
+        xp = (_mm_t(x.view(steps * batch, -1), w_ih) + folded).view(steps, batch, 3 * hidden)
+        rec = _Recurrent(w_hh, batch)
+        b_hn = b_hh[n_part]
+        acts = x.new_empty(steps, batch, 3 * hidden)  # sigma(r), sigma(z), tanh(n)
+        hn_pre = x.new_empty(steps, batch, hidden)  # W_hn h + b_hn, needed for dr
+        hs = x.new_empty(steps + 1, batch, hidden)
+        hs[0] = h0
+        h = hs[0]
+        for t in range(steps):
+            hp = rec(h)
+            a = acts[t]
+            torch.sigmoid(xp[t, :, rz] + hp[:, rz], out=a[:, rz])
+            r, z = a[:, :hidden], a[:, hidden : 2 * hidden]
+            hn = torch.add(hp[:, n_part], b_hn, out=hn_pre[t])
+            n = torch.tanh(torch.addcmul(xp[t, :, n_part], r, hn), out=a[:, n_part])
+            h = torch.addcmul(n, z, h - n, out=hs[t + 1])
+        ctx.save_for_backward(x, w_ih, w_hh, acts, hn_pre, hs)
+        return hs[1:], hs[steps].clone()
+
+    @staticmethod
+    def backward(ctx, d_out, d_hn):
+        x, w_ih, w_hh, acts, hn_pre, hs = ctx.saved_tensors
+        steps, batch, three_h = acts.shape
+        hidden = three_h // 3
+        r, z, n = acts.chunk(3, dim=2)
+        # chain-rule factors for all steps:  d_n = dh * (1-z)(1-n^2)   d_z = dh * (h_prev - n) z(1-z)
+        #   d_r = d_n * (W_hn h + b_hn) r(1-r)   d(W_hn h + b_hn) = d_n * r   dh_prev = dh * z + d_hidden @ W_hh
+        n_factor = (1 - z) * (1 - n * n)
+        z_factor = (hs[:steps] - n) * z * (1 - z)
+        r_factor = hn_pre * r * (1 - r)
+        r, z = r.contiguous(), z.contiguous()
+        rec = _Recurrent(w_hh.t(), batch)
+        d_in = x.new_empty(steps, batch, three_h)  # w.r.t. the input-side pre-activations
+        d_hid = x.new_empty(steps, batch, three_h)  # w.r.t. W_hh h + b_hh
+        dh = d_hn.clone() if d_hn is not None else x.new_zeros(batch, hidden)
+        for t in reversed(range(steps)):
+            if d_out is not None:
+                dh = dh + d_out[t]
+            dr, dz, dn = d_in[t].chunk(3, dim=1)
+            torch.mul(dh, n_factor[t], out=dn)
+            torch.mul(dh, z_factor[t], out=dz)
+            torch.mul(dn, r_factor[t], out=dr)
+            d_hid[t, :, : 2 * hidden] = d_in[t, :, : 2 * hidden]
+            torch.mul(dn, r[t], out=d_hid[t, :, 2 * hidden :])
+            dh = torch.addcmul(rec(d_hid[t]), dh, z[t])
+        d_x, d_w_ih, d_w_hh, d_b_ih, d_b_hh = _grads(x, hs, d_in, w_ih, d_hid)
+        return d_x, dh, d_w_ih, d_w_hh, d_b_ih, d_b_hh
+
+
+# -------------------------------------------------------------------------------------------- RNN
+class _RNNLayer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh):
+        steps, batch, _ = x.shape
+        hidden = h0.shape[1]
+        xp = (_mm_t(x.view(steps * batch, -1), w_ih) + (b_ih + b_hh)).view(steps, batch, hidden)
+        rec = _Recurrent(w_hh, batch)
+        hs = x.new_empty(steps + 1, batch, hidden)
+        hs[0] = h0
+        h = hs[0]
+        for t in range(steps):
+            h = torch.tanh(rec(h, xp[t]), out=hs[t + 1])
+        ctx.save_for_backward(x, w_ih, w_hh, hs)
+        return hs[1:], hs[steps].clone()
+
+    @staticmethod
+    def backward(ctx, d_out, d_hn):
+        x, w_ih, w_hh, hs = ctx.saved_tensors
+        steps, batch, hidden = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
+        factor = 1 - hs[1:] * hs[1:]  # tanh' for every step
+        rec = _Recurrent(w_hh.t(), batch)
+        d_pre = x.new_empty(steps, batch, hidden)
+        dh = d_hn.clone() if d_hn is not None else x.new_zeros(batch, hidden)
+        for t in reversed(range(steps)):
+            if d_out is not None:
+                dh = dh + d_out[t]
+            torch.mul(dh, factor[t], out=d_pre[t])
+            dh = rec(d_pre[t])
+        d_x, d_w_ih, d_w_hh, d_b, _ = _grads(x, hs, d_pre, w_ih)
+        return d_x, dh, d_w_ih, d_w_hh, d_b, d_b
+
+
+# ------------------------------------------------------------------------------------------ stacks
+class ScratchRNN(nn.Module):
+    """A stack of LSTM/GRU/RNN layers with nn.LSTM's interface (batch_first): `forward(x, state)` returns
+    the last layer's outputs and the final state, `(h_n, c_n)` for an LSTM and `h_n` otherwise, each
+    [layers, B, H]. Dropout is applied to each layer's output except the last, as nn.LSTM does."""
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0):
+        super().__init__()
+        if cell not in GATES:
+            raise ValueError(f"cell must be one of {', '.join(GATES)}, got {cell!r}")
+        self.cell, self.hidden_size, self.num_layers, self.dropout = cell, hidden_size, num_layers, dropout
+        width = GATES[cell] * hidden_size
+        for k in range(num_layers):
+            size = input_size if k == 0 else hidden_size
+            self.register_parameter(f"weight_ih_l{k}", nn.Parameter(torch.empty(width, size)))
+            self.register_parameter(f"weight_hh_l{k}", nn.Parameter(torch.empty(width, hidden_size)))
+            self.register_parameter(f"bias_ih_l{k}", nn.Parameter(torch.empty(width)))
+            self.register_parameter(f"bias_hh_l{k}", nn.Parameter(torch.empty(width)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """nn.LSTM's initialisation: uniform in +-1/sqrt(hidden_size)."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def _layer(self, k: int) -> tuple[torch.Tensor, ...]:
+        return tuple(getattr(self, f"{n}_l{k}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+
+    def forward(self, x: torch.Tensor, state=None):
+        batch = x.shape[0]
+        zeros = x.new_zeros(self.num_layers, batch, self.hidden_size)
+        if self.cell == "lstm":
+            h0, c0 = state if state is not None else (zeros, zeros)
+        else:
+            h0, c0 = (state if state is not None else zeros), None
+        # the cells run in fp32 under autocast (their saved activations and hand-written backward are fp32);
+        # between layers the sequence stays time-major
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.float().transpose(0, 1).contiguous()
+            h_out, c_out = [], []
+            for k in range(self.num_layers):
+                if k > 0 and self.dropout > 0:
+                    x = F.dropout(x, self.dropout, self.training)
+                weights = self._layer(k)
+                if self.cell == "lstm":
+                    x, h, c = _LSTMLayer.apply(x, h0[k].float().contiguous(), c0[k].float().contiguous(), *weights)
+                    c_out.append(c)
+                elif self.cell == "gru":
+                    x, h = _GRULayer.apply(x, h0[k].float().contiguous(), *weights)
+                else:
+                    x, h = _RNNLayer.apply(x, h0[k].float().contiguous(), *weights)
+                h_out.append(h)
+        h_n = torch.stack(h_out)
+        return x.transpose(0, 1), ((h_n, torch.stack(c_out)) if self.cell == "lstm" else h_n)

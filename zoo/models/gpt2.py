@@ -1,0 +1,294 @@
+"""GPT-2 (Radford et al. 2019; Raschka's and nanoGPT's layout) as a zoo backbone.
+
+Learned token and position embeddings, pre-LayerNorm blocks (eps 1e-5) of causal multi-head attention
+(`F.scaled_dot_product_attention`) and a 4x MLP with tanh-approximated GELU, a final LayerNorm and an LM head
+without bias. Parameter names follow GPT-2's (wte, wpe, h.N.ln_1, h.N.attn.c_attn, h.N.attn.c_proj, h.N.ln_2,
+h.N.mlp.c_fc, h.N.mlp.c_proj, ln_f, lm_head), so OpenAI's weights load with no renaming (Hugging Face's Conv1D
+weights only need a transpose). Generation can pass a KV cache as the state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from zoo.errors import ZooError
+from zoo.recipe import check, doc
+
+# n_layer, n_head, n_embd of the named sizes; the tiny ones are for CPU experiments and tests
+SIZES = {
+    "gpt2-small": (12, 12, 768),
+    "gpt2-medium": (24, 16, 1024),
+    "gpt2-large": (36, 20, 1280),
+    "gpt2-xl": (48, 25, 1600),
+    "gpt2-mini": (6, 6, 384),
+    "gpt2-tiny": (4, 4, 256),
+    "gpt2-micro": (2, 2, 64),
+}
+
+
+@dataclass(frozen=True)
+class GPT2Config:
+    arch: str = doc("gpt2", "gpt2")
+    size: str = doc("a named size setting n_layer/n_head/n_embd: gpt2-small|medium|large|xl|mini|tiny|micro, "
+                    "or \"\" to set them yourself", "gpt2-small")
+    n_layer: int = doc("transformer blocks (0 = from size)", 0)
+    n_head: int = doc("attention heads (0 = from size)", 0)
+    n_embd: int = doc("model width (0 = from size)", 0)
+    context_length: int = doc("maximum sequence length (position embeddings)", 1024)
+    vocab_size: int = doc("embedding rows (0 = the tokenizer's; pad to e.g. 50304 for speed)", 0)
+    dropout: float = doc("dropout on embeddings, attention weights and residual branches", 0.0)
+    qkv_bias: bool = doc("bias in the query/key/value projection (OpenAI's GPT-2 has it)", False)
+    tie_weights: bool = doc("share the token embedding and the LM head (124M instead of 163M for small)", False)
+    init_from: str = doc("start from GPT-2 weights in the Hugging Face layout: hf:gpt2 (a Hub id, online) or "
+                         "hf:PATH (a folder with config.json and model.safetensors); the architecture is read "
+                         "from its config.json", "")
+
+    def validate(self) -> None:
+        check(self.size == "" or self.size in SIZES, "model.size",
+              f"is {self.size!r}; use one of {', '.join(SIZES)} or \"\"")
+        for key in ("n_layer", "n_head", "n_embd", "vocab_size"):
+            check(getattr(self, key) >= 0, f"model.{key}", f"is {getattr(self, key)}; it must be >= 0")
+        n_layer, n_head, n_embd = self.dims()
+        check(n_layer > 0 and n_head > 0 and n_embd > 0, "model.size",
+              "is \"\"; then set model.n_layer, model.n_head and model.n_embd")
+        check(n_embd % n_head == 0, "model.n_embd", f"is {n_embd}; it must be a multiple of n_head ({n_head})")
+        check(self.context_length > 0, "model.context_length", f"is {self.context_length}; it must be > 0")
+        check(0 <= self.dropout < 1, "model.dropout", f"is {self.dropout}; it must be in [0, 1)")
+        check(self.init_from == "" or self.init_from.startswith("hf:"), "model.init_from",
+              f"is {self.init_from!r}; use hf:gpt2 (a Hub id) or hf:PATH (a local folder)")
+
+    def validate_recipe(self, recipe) -> None:
+        check(recipe.train.seq_len <= self.context_length, "train.seq_len",
+              f"is {recipe.train.seq_len}, longer than model.context_length ({self.context_length})")
+
+    def resolved(self) -> GPT2Config:
+        """With `init_from`, the architecture of those weights (read from their config.json)."""
+        return hf_config(hf_folder(self.init_from), self) if self.init_from else self
+
+    def dims(self) -> tuple[int, int, int]:
+        """(n_layer, n_head, n_embd): explicit values override the named size."""
+        base = SIZES.get(self.size, (0, 0, 0))
+        return (self.n_layer or base[0], self.n_head or base[1], self.n_embd or base[2])
+
+
+class KVCache:
+    """Keys and values of every layer for incremental decoding: [B, heads, length, head_dim] each."""
+
+    def __init__(self, n_layer: int):
+        self.keys: list[torch.Tensor | None] = [None] * n_layer
+        self.values: list[torch.Tensor | None] = [None] * n_layer
+
+    @property
+    def length(self) -> int:
+        return 0 if self.keys[0] is None else self.keys[0].shape[2]
+
+    def crop(self, length: int) -> None:
+        """Keep only the last `length` positions (when the context window is full)."""
+        for i in range(len(self.keys)):
+            if self.keys[i] is not None:
+                self.keys[i] = self.keys[i][:, :, -length:]
+                self.values[i] = self.values[i][:, :, -length:]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, n_embd: int, n_head: int, dropout: float, qkv_bias: bool):
+        super().__init__()
+        self.n_head = n_head
+        self.dropout = dropout
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=qkv_bias)
+        self.c_proj = nn.Linear(n_embd, n_embd)
+        self.resid_drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        q, k, v = rearrange(self.c_attn(x), "b t (three h d) -> three b h t d", three=3, h=self.n_head)
+        causal = True
+        if cache is not None:
+            if cache.keys[layer] is not None:
+                k = torch.cat([cache.keys[layer], k], dim=2)
+                v = torch.cat([cache.values[layer], v], dim=2)
+            cache.keys[layer], cache.values[layer] = k, v
+            if q.shape[2] == 1:
+                causal = False  # one new query attends to every cached position
+            elif k.shape[2] != q.shape[2]:
+                raise ValueError("a KV cache takes either the whole prompt at once or one token at a time")
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=causal)
+        return self.resid_drop(self.c_proj(rearrange(y, "b h t d -> b t (h d)")))
+
+
+class MLP(nn.Module):
+    def __init__(self, n_embd: int, dropout: float):
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd)
+        self.c_proj = nn.Linear(4 * n_embd, n_embd)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, n_embd: int, n_head: int, dropout: float, qkv_bias: bool):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(n_embd, eps=1e-5)
+        self.attn = CausalSelfAttention(n_embd, n_head, dropout, qkv_bias)
+        self.ln_2 = nn.LayerNorm(n_embd, eps=1e-5)
+        self.mlp = MLP(n_embd, dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2(nn.Module):
+    """GPT-2 backbone: forward(idx, cache=None) -> (hidden [B, T, C], cache)."""
+
+    stateful = False
+
+    def __init__(self, config: GPT2Config, vocab_size: int):
+        super().__init__()
+        self.config = config
+        self.n_layer, self.n_head, self.d_model = config.dims()
+        self.vocab_size = config.vocab_size or vocab_size
+        self.max_seq_len = config.context_length
+        self.wte = nn.Embedding(self.vocab_size, self.d_model)
+        self.wpe = nn.Embedding(config.context_length, self.d_model)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList(Block(self.d_model, self.n_head, config.dropout, config.qkv_bias)
+                               for _ in range(self.n_layer))
+        self.ln_f = nn.LayerNorm(self.d_model, eps=1e-5)
+        self.lm_head = nn.Linear(self.d_model, self.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # GPT-2's scaled init of the residual projections
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.n_layer))
+        if config.tie_weights:
+            self.lm_head.weight = self.wte.weight
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def load_pretrained(self) -> bool:
+        """Load the `init_from` weights, if the config names any (a fresh run's starting point)."""
+        if not self.config.init_from:
+            return False
+        load_hf_weights(self, hf_folder(self.config.init_from))
+        return True
+
+    def init_state(self, batch_size: int, device: torch.device | str) -> KVCache:
+        return KVCache(self.n_layer)
+
+    def forward(self, idx: torch.Tensor, state: KVCache | None = None) -> tuple[torch.Tensor, KVCache | None]:
+        start = state.length if state is not None else 0
+        length = idx.shape[1]
+        if start + length > self.max_seq_len:
+            raise ValueError(f"sequence of {start + length} tokens exceeds the context length {self.max_seq_len}")
+        pos = torch.arange(start, start + length, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))
+        for i, block in enumerate(self.h):
+            x = block(x, state, i)
+        return self.ln_f(x), state
+
+    def flops_per_token(self) -> float:
+        """6N for the matmuls plus attention's 12 * layers * context * width (nanoGPT's estimate)."""
+        n = sum(p.numel() for p in self.parameters()) - self.wpe.weight.numel()
+        if not self.config.tie_weights:
+            n -= self.wte.weight.numel()  # a lookup, not a matmul
+        return 6.0 * n + 12.0 * self.n_layer * self.max_seq_len * self.d_model
+
+
+def build(config: GPT2Config, vocab_size: int) -> GPT2:
+    return GPT2(config, vocab_size)
+
+
+# ------------------------------------------------------------------------------ Hugging Face weights
+# Hugging Face's GPT-2 stores these as Conv1D weights [in, out]; ours are nn.Linear [out, in].
+CONV1D = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+
+
+def hf_folder(spec: str) -> Path:
+    """A local folder for `hf:PATH` or `hf:HUB_ID` (downloaded through huggingface_hub when online)."""
+    name = spec.removeprefix("hf:")
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if name.startswith((".", "/", "~")):
+        raise ZooError(f"{spec}: folder {path} does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, allow_patterns=["config.json", "*.safetensors"]))
+    except Exception as exc:  # offline, unknown repo, no huggingface_hub ...
+        raise ZooError(f"cannot fetch {name!r} from the Hugging Face Hub ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0][:160]}); it needs a network connection, or point "
+                       f"hf:PATH at a local folder with config.json and model.safetensors") from None
+
+
+def hf_config(folder: Path, base: GPT2Config) -> GPT2Config:
+    """The zoo config of a Hugging Face GPT-2 folder; dropout and weight tying come from `base`."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ZooError(f"{folder} has no config.json; it is not a Hugging Face GPT-2 folder")
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    if cfg.get("model_type") not in (None, "gpt2"):
+        raise ZooError(f"{folder} holds a {cfg.get('model_type')!r} model, not GPT-2")
+    if cfg.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ZooError(f"{folder} uses activation {cfg['activation_function']!r}; zoo's GPT-2 uses tanh GELU")
+    return dataclasses.replace(base, size="", n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"],
+                               context_length=cfg.get("n_positions", 1024), vocab_size=cfg["vocab_size"],
+                               qkv_bias=True)
+
+
+def hf_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """The weights of a Hugging Face GPT-2 folder under zoo's names (prefix dropped, Conv1D transposed)."""
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ZooError(f"{folder} has no .safetensors weights (zoo never loads pickled .bin files)")
+    out = {}
+    for file in files:
+        for name, tensor in load_file(str(file)).items():
+            name = name.removeprefix("transformer.")
+            if name.endswith((".attn.bias", ".attn.masked_bias")):
+                continue  # causal-mask buffers of older checkpoints
+            out[name] = tensor.t().contiguous() if name.endswith(CONV1D) else tensor
+    return out
+
+
+def load_hf_weights(model: GPT2, folder: Path) -> None:
+    """Copy a Hugging Face GPT-2 folder's weights into `model`; a mismatch names the tensors."""
+    from zoo.checkpoint import load_model_tensors
+
+    tensors = hf_state_dict(folder)
+    if "lm_head.weight" not in tensors:  # tied in the source: the head is the token embedding
+        tensors["lm_head.weight"] = tensors["wte.weight"]
+    aliases = {}
+    if model.config.tie_weights:
+        aliases = {"lm_head.weight": "wte.weight"}
+        tensors.pop("lm_head.weight")
+    load_model_tensors(model, tensors, aliases, str(folder))
+
+
+def from_hf(spec: str, base: GPT2Config | None = None) -> GPT2:
+    """A GPT-2 with weights from `hf:gpt2` or `hf:PATH` (OpenAI's models are tied)."""
+    folder = hf_folder(spec)
+    base = base or GPT2Config(tie_weights=True)
+    model = GPT2(hf_config(folder, base), 0)
+    load_hf_weights(model, folder)
+    return model
