@@ -31,8 +31,8 @@ def main() -> None:
     print(f"{'model':<12} {'transformers tok/s':>19} {'zoo tok/s':>10} {'ratio':>6}")
     for name, layers, heads, width in (("gpt2-small", 12, 12, 768), ("4 x 256", 4, 4, 256)):
         torch.manual_seed(0)
-        config = transformers.GPT2Config(n_layer=layers, n_head=heads, n_embd=width)
-        hf = transformers.GPT2LMHeadModel(config, attn_implementation="sdpa").eval()
+        config = transformers.GPT2Config(n_layer=layers, n_head=heads, n_embd=width, attn_implementation="sdpa")
+        hf = transformers.GPT2LMHeadModel(config).eval()
         with tempfile.TemporaryDirectory() as tmp:
             hf.save_pretrained(tmp)
             ours = from_hf(f"hf:{Path(tmp)}").eval()

@@ -227,3 +227,16 @@ def test_eval_with_weights_and_data(zoo, tmp_path):
     assert report["model"] == f"hf:{folder}" and 10 < report["loss"] < 11.5  # ~ln(50257) for random weights
     offline = zoo("sample", "--weights", "no-such-user/no-such-model")
     assert offline.code == 2 and "Hugging Face Hub" in offline.err
+
+
+def test_compiled_training_writes_plain_checkpoints(zoo, tmp_path):
+    recipe = REPO / "recipes" / "gpt2_shakespeare_char.toml"
+    toy = TOY[:-4] + ["--set", "eval.sample_tokens=0", "--set", "train.max_steps=2", "--set", "eval.test=false"]
+    result = zoo("train", recipe, "--name", "c", *toy, "--set", "run.compile=true")
+    assert result.code == 0, result
+    from .conftest import final_weights
+
+    keys = final_weights(tmp_path / "runs" / "c").keys()
+    assert "wte.weight" in keys and not any("_orig_mod" in k for k in keys)
+    more = zoo("train", recipe, "--name", "c", *toy, "--set", "train.max_steps=3")  # resumes uncompiled
+    assert more.code == 0 and "resuming" in more.out, more

@@ -38,6 +38,8 @@ class RunConfig:
     seed: int = doc("seed for initialisation, data order, dropout", 1337)
     device: str = doc("auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps", "auto")
     precision: Literal["fp32", "bf16", "fp16"] = doc("fp32, or bf16/fp16 autocast (fp16 uses a grad scaler)", "fp32")
+    compile: bool = doc("torch.compile the model for training (checkpoints load either way)", False)
+    tf32: bool = doc("allow TF32 matmuls on CUDA (faster fp32 on Ampere and newer)", True)
 
     def validate(self) -> None:
         ok = self.device in ("auto", "cpu", "cuda", "mps") or (
@@ -196,7 +198,8 @@ SECTIONS = [f.name for f in dataclasses.fields(Recipe)]
 # Fields that may differ when a run is resumed: they extend or re-cadence a run, or swap an implementation
 # for an equivalent one, without changing what it computes up to the step it resumes from.
 RESUMABLE_CHANGES = ("train.max_steps", "train.max_tokens", "train.epochs", "train.early_stop_patience",
-                     "eval.interval", "eval.test", "checkpoint.", "log.", "run.description", "model.impl")
+                     "eval.interval", "eval.test", "checkpoint.", "log.", "run.description", "model.impl",
+                     "run.compile")
 
 
 # ------------------------------------------------------------------------------------------- building

@@ -166,6 +166,11 @@ class Trainer:
         torch.manual_seed(recipe.run.seed)
         self.model = registry.build_model(recipe.model, self.tokenizer.vocab_size).to(device)
         self.task = registry.build_task(recipe, self.splits, self.model)
+        if device.type == "cuda" and recipe.run.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        # the compiled wrapper only runs the training forward; checkpoints always hold the plain model's names
+        self.train_model = torch.compile(self.model) if recipe.run.compile else self.model
 
         train, world = recipe.train, env.world_size
         self.micro = train.micro_batch_size or train.batch_size // world
@@ -251,7 +256,7 @@ class Trainer:
             batch = batch._replace(x=batch.x.to(self.device), y=batch.y.to(self.device))
             with self.autocast():
                 try:
-                    loss, new_state = self.task.loss(self.model, batch, state_in)
+                    loss, new_state = self.task.loss(self.train_model, batch, state_in)
                 except RuntimeError as exc:
                     precision = recipe.run.precision
                     if precision == "fp32":
