@@ -314,7 +314,8 @@ class Trainer:
             progress.line(f"resuming {self.run_dir} from {self.resumed_from.name} (step {c.step}/"
                           f"{self.total_steps})")
         else:
-            progress.line(f"training {self.run_dir}: {self.n_params:,} parameters, {self.steps_per_epoch} "
+            progress.line(f"training {self.run_dir}: {self.n_params:,} parameters, "
+                          f"{self.flops_per_token / 1e6:,.1f} MFLOPs/token, {self.steps_per_epoch} "
                           f"steps/epoch, {self.total_steps} steps of {self.tokens_per_step:,} tokens on "
                           f"{self.device} ({recipe.run.precision})")
         purge = c.step + 1 if self.resumed_from is not None else None
