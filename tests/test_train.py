@@ -119,10 +119,10 @@ def test_keep_last_and_best_pointer(zoo, make_recipe, tmp_path, monkeypatch):
     losses = iter([2.0, 1.0, 1.5, 1.6, 1.7])
     original = LMTask.evaluate
 
-    def scripted(self, model, split, device, autocast=None):
+    def scripted(self, model, split, device, autocast=None, rank=0, world_size=1):
         result = original(self, model, split, device)
         if split == "val":
-            result["loss"] = next(losses)
+            result["loss_sum"] = next(losses) * result["tokens"]
         return result
 
     monkeypatch.setattr(LMTask, "evaluate", scripted)
@@ -138,8 +138,8 @@ def test_keep_last_and_best_pointer(zoo, make_recipe, tmp_path, monkeypatch):
 def test_early_stopping(zoo, make_recipe, tmp_path, monkeypatch):
     losses = iter([2.0, 1.5, 1.6, 1.7, 1.8, 1.9])
 
-    def scripted(self, model, split, device, autocast=None):
-        return {"loss": next(losses) if split == "val" else 1.0}
+    def scripted(self, model, split, device, autocast=None, rank=0, world_size=1):
+        return {"loss_sum": next(losses) if split == "val" else 1.0, "tokens": 1}
 
     monkeypatch.setattr(LMTask, "evaluate", scripted)
     result = zoo("train", make_recipe(), "--set", "train.max_steps=50", "--set", "eval.interval=2",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(_recipe_path(args.recipe), args.set)
     name = check_name(args.name or Path(args.recipe).stem)
+    if args.nproc_per_node > 1 and "RANK" not in os.environ:
+        from zoo import dist
+
+        argv = ["train", args.recipe, "--name", name, "--runs-dir", args.runs_dir]
+        for item in args.set:
+            argv += ["--set", item]
+        return dist.launch(args.nproc_per_node, argv, args.max_restarts)
     result = train(recipe, Path(args.runs_dir) / name)
     return 128 + result.signal if result.signal else 0
 
@@ -127,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a recipe field; the value is parsed as TOML (repeatable)")
     p.add_argument("--name", help="run name (default: the recipe's file name)")
     p.add_argument("--runs-dir", default="runs", help="where runs live (default: ./runs)")
+    p.add_argument("--nproc-per-node", type=int, default=1,
+                   help="start this many processes on this machine through torchrun's launcher (DDP)")
+    p.add_argument("--max-restarts", type=int, default=0,
+                   help="with --nproc-per-node: restart all workers this many times after a failure")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("prepare-data", help="tokenise a recipe's corpus into cached token files")
@@ -177,7 +189,16 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `zoo` console script. User errors print one line and return 2."""
+    """Entry point of the `zoo` console script. User errors print one line and return 2. Under torchrun,
+    its error recording is on, so a failing rank's traceback reaches the launcher's summary."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        from zoo.dist import record
+
+        return record(_main)(argv)
+    return _main(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _check_args(args)

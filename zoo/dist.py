@@ -1,12 +1,20 @@
-"""The process environment: rank, world size, device. The only module that imports torch.distributed."""
+"""The process environment: torchrun's rank and world size, the device, the process group, DDP wrapping and
+the collectives the trainer needs. The only module that imports torch.distributed."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import record  # noqa: F401  (re-exported for cli.py)
+from torch.nn.parallel import DistributedDataParallel
 
 from zoo.errors import ZooError
 
@@ -55,9 +63,78 @@ def resolve_device(name: str, env: DistEnv) -> torch.device:
 
 
 def init(env: DistEnv, device: torch.device) -> None:
-    """Join the process group when launched by torchrun (nccl on CUDA, gloo on CPU)."""
+    """Join the process group when launched by torchrun (nccl on CUDA, gloo on CPU). A rank that waits
+    longer than $ZOO_DIST_TIMEOUT seconds (default 600) for the others fails instead of hanging."""
     if env.distributed and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        timeout = datetime.timedelta(seconds=float(os.environ.get("ZOO_DIST_TIMEOUT", 600)))
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout,
+                                store=_store(env, timeout), rank=env.rank, world_size=env.world_size)
+
+
+def _store(env: DistEnv, timeout: datetime.timedelta) -> dist.Store:
+    """torchrun's key-value store, under a prefix of its own for each restart attempt: after an elastic restart
+    the new workers must not read the addresses the dead attempt's workers published there."""
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), env.world_size,
+                          is_master=env.rank == 0 and not agent_store, timeout=timeout)
+    return dist.PrefixStore(f"zoo/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
+def wrap(model: torch.nn.Module, env: DistEnv, device: torch.device) -> torch.nn.Module:
+    """The model wrapped in DistributedDataParallel when there is more than one process."""
+    if not env.distributed:
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DDP wrapper."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def no_sync(model: torch.nn.Module, skip: bool) -> contextlib.AbstractContextManager:
+    """Skip DDP's gradient all-reduce for this forward/backward (all but the last micro-step)."""
+    if skip and isinstance(model, DistributedDataParallel):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def sum_all(values: list[float], env: DistEnv, device: torch.device) -> list[float]:
+    """Element-wise sums of per-rank numbers over all ranks."""
+    if not env.distributed:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def gather_objects(obj, env: DistEnv) -> list:
+    """Every rank's `obj` (small picklable values such as RNG states), in rank order, on every rank."""
+    if not env.distributed:
+        return [obj]
+    out = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def launch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
+    """Run `python -m zoo ARGV` under torchrun's launcher with `nproc` processes on this machine."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           f"--max-restarts={max_restarts}", "-m", "zoo", *argv]
+    child = subprocess.Popen(cmd)
+    received: list[int] = []
+
+    def forward(signum, frame):  # Ctrl-C / SIGTERM reach the workers through torchrun: they checkpoint and stop
+        received.append(signum)
+        child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = child.wait()
+        return 128 + received[0] if received else code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def shutdown() -> None:

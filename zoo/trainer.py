@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -30,6 +31,7 @@ from zoo.models.base import State, count_parameters, detach_state, flops_per_tok
 from zoo.optim import build_optimizer, lr_at
 from zoo.recipe import Recipe, flatten, recipe_to_dict
 from zoo.runs import prepare_run_dir, read_summary, write_summary
+from zoo.tasks.base import summarize
 from zoo.tblog import TBLogger
 from zoo.tokenizers import load_tokenizer
 
@@ -69,6 +71,20 @@ class _StopFlag:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         return False
+
+
+def _inject_fault(step: int, env: dist.DistEnv) -> None:
+    """Test hook for failure handling: ZOO_FAULT="crash@STEP[:RANK]" kills the process (as a lost worker
+    would die), "raise@STEP[:RANK]" raises, at the start of that step, on a launch's first attempt only."""
+    spec = os.environ.get("ZOO_FAULT")
+    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return
+    kind, _, where = spec.partition("@")
+    at, _, rank = where.partition(":")
+    if int(at) == step and (not rank or int(rank) == env.rank):
+        if kind == "crash":
+            os._exit(1)
+        raise RuntimeError(f"injected fault at step {step} on rank {env.rank}")
 
 
 def _peak_flops(device: torch.device) -> float | None:
@@ -159,7 +175,11 @@ class Trainer:
         # a resumed run keeps the vocabulary it was trained with
         tok_path = run_dir / "tokenizer.json"
         known = load_tokenizer(tok_path) if tok_path.is_file() else None
-        self.tokenizer, self.splits, self.data_info = load_splits(recipe.data, known, progress=self.main)
+        if self.main:  # rank 0 prepares token files (if any) first; the others then read its cache
+            self.tokenizer, self.splits, self.data_info = load_splits(recipe.data, known)
+        dist.barrier(env)
+        if not self.main:
+            self.tokenizer, self.splits, self.data_info = load_splits(recipe.data, known, progress=False)
         if self.main and known is None:
             write_atomic(tok_path, json.dumps(self.tokenizer.to_dict(), ensure_ascii=False))
 
@@ -170,7 +190,7 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         # the compiled wrapper only runs the training forward; checkpoints always hold the plain model's names
-        self.train_model = torch.compile(self.model) if recipe.run.compile else self.model
+        self.train_model = dist.wrap(torch.compile(self.model) if recipe.run.compile else self.model, env, device)
 
         train, world = recipe.train, env.world_size
         self.micro = train.micro_batch_size or train.batch_size // world
@@ -219,24 +239,30 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"]["torch"])
+        by_rank = state["rng"].get("torch_by_rank")
+        same_world = by_rank is not None and len(by_rank) == self.env.world_size
+        torch.set_rng_state(by_rank[self.env.rank] if same_world else state["rng"]["torch"])
         if self.device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.counters = Counters(**state["counters"])
         self.carried = {int(k): tuple(t.to(self.device) for t in v) for k, v in state["carried"].items()}
 
     def save(self, best: bool = False) -> None:
-        """Rank 0 writes a checkpoint of the current step; every rank waits for it."""
+        """Rank 0 writes a checkpoint of the current step (with every rank's RNG and carried state); every
+        rank waits for it."""
+        mine = {str(k): [t.detach().cpu() for t in v] for k, v in self.carried.items() if v}
+        gathered = dist.gather_objects((torch.get_rng_state(), mine), self.env)
         if self.main:
-            rng = {"torch": torch.get_rng_state()}
+            rng = {"torch": gathered[0][0], "torch_by_rank": [g[0] for g in gathered]}
             if self.device.type == "cuda":
                 rng["cuda"] = torch.cuda.get_rng_state(self.device)
+            carried = {k: v for _, part in gathered for k, v in part.items()}
             state = {
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
                 "rng": rng,
                 "counters": {**asdict(self.counters), "world_size": self.env.world_size},
-                "carried": {str(k): [t.detach().cpu() for t in v] for k, v in self.carried.items() if v},
+                "carried": carried,
             }
             meta = {"recipe": recipe_to_dict(self.recipe), "tokenizer": self.tokenizer.kind, "zoo_format": 1,
                     "best": best, "val_loss": self.counters.best_val if best else None}
@@ -250,11 +276,14 @@ class Trainer:
         lr = lr_at(c.step, recipe.train.lr, recipe.schedule, self.total_steps, self.steps_per_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        _inject_fault(c.step + 1, self.env)
         loss_sum = 0.0
-        for batch in self.task.micro_batches(c.step, self.env.rank, self.env.world_size, self.micro):
+        batches = self.task.micro_batches(c.step, self.env.rank, self.env.world_size, self.micro)
+        for i, batch in enumerate(batches):
             state_in = None if batch.reset else self.carried.get(batch.slot)
             batch = batch._replace(x=batch.x.to(self.device), y=batch.y.to(self.device))
-            with self.autocast():
+            # DDP all-reduces gradients only after the last micro-batch's backward
+            with dist.no_sync(self.train_model, skip=i < len(batches) - 1), self.autocast():
                 try:
                     loss, new_state = self.task.loss(self.train_model, batch, state_in)
                 except RuntimeError as exc:
@@ -265,8 +294,8 @@ class Trainer:
                     raise TrainingError(f"{precision} autocast failed on {self.device} ({reason}); this model's "
                                         f"kernels lack {precision} here: use run.precision = \"bf16\" or "
                                         "\"fp32\"") from None
-            self.carried[batch.slot] = detach_state(new_state)
-            self.scaler.scale(loss / self.accumulation).backward()
+                self.carried[batch.slot] = detach_state(new_state)
+                self.scaler.scale(loss / self.accumulation).backward()
             loss_sum += loss.item()
         train_loss = dist.mean(loss_sum / self.accumulation, self.env, self.device)
         self.scaler.unscale_(self.optimizer)
@@ -287,10 +316,11 @@ class Trainer:
         return train_loss, grad_norm, lr
 
     def evaluate(self, split: str) -> dict[str, float]:
-        """Loss on the fixed slice of a split, averaged over ranks."""
-        result = self.task.evaluate(self.model, split, self.device, self.autocast)
-        result["loss"] = dist.mean(result["loss"], self.env, self.device)
-        return result
+        """Loss on the fixed slice of a split; with several ranks each evaluates its share and the sums are
+        reduced, so the result equals one process's."""
+        part = self.task.evaluate(self.model, split, self.device, self.autocast, self.env.rank, self.env.world_size)
+        loss_sum, tokens = dist.sum_all([part["loss_sum"], part["tokens"]], self.env, self.device)
+        return summarize(loss_sum, int(tokens))
 
     def sample(self) -> str:
         """A short text sample with its own generator, so evaluation never disturbs the training RNG."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Protocol
 
 import torch
@@ -28,4 +29,14 @@ class Task(Protocol):
 
     def loss(self, model: nn.Module, batch: Batch, state: State) -> tuple[torch.Tensor, State]: ...
 
-    def evaluate(self, model: nn.Module, split: str, device: torch.device) -> dict[str, float]: ...
+    def evaluate(self, model: nn.Module, split: str, device: torch.device, autocast=None, rank: int = 0,
+                 world_size: int = 1) -> dict[str, float]:
+        """This rank's share of the metrics of a split; `loss_sum` and `tokens` add up over ranks."""
+        ...
+
+
+def summarize(loss_sum: float, tokens: int) -> dict[str, float]:
+    """Loss, perplexity and bits per token from a summed loss."""
+    loss = loss_sum / max(1, tokens)
+    return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bits_per_token": loss / math.log(2),
+            "tokens": tokens, "loss_sum": loss_sum}

@@ -11,7 +11,6 @@ become tensors.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -25,7 +24,7 @@ from zoo.data import TokenSplits
 from zoo.errors import DataError
 from zoo.models.base import State
 from zoo.recipe import doc
-from zoo.tasks.base import Batch
+from zoo.tasks.base import Batch, summarize
 
 
 @dataclass(frozen=True)
@@ -109,7 +108,7 @@ class LMTask:
 
     def loss(self, model: nn.Module, batch: Batch, state: State) -> tuple[torch.Tensor, State]:
         hidden, new_state = model(batch.x, state)
-        logits = model.lm_head(hidden)
+        logits = lm_head_of(model)(hidden)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch.y.reshape(-1))
         return loss, new_state
 
@@ -121,32 +120,40 @@ class LMTask:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, device: torch.device,
-                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
-                 ) -> dict[str, float]:
-        """Mean next-token loss (nats) over the fixed slice of `split`, plus perplexity and bits/token."""
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                 rank: int = 0, world_size: int = 1) -> dict[str, float]:
+        """Mean next-token loss (nats) over the fixed slice of `split`, plus perplexity and bits/token. With
+        several ranks each takes its share (stream rows or windows) and `loss_sum`/`tokens` add up across
+        ranks to the single-process totals."""
         was_training = model.training
         model.eval()
         ids = self.eval_tokens(split)
         total, count = 0.0, 0
         try:
-            for x, y, state_carry in self._eval_batches(ids, model):
+            for i, (x, y, state_carry) in enumerate(self._eval_batches(ids, model, rank, world_size)):
+                if state_carry is None and i % world_size != rank:
+                    continue
+                carry = state_carry or [None]
                 with autocast():
-                    hidden, new_state = model(x.to(device), state_carry[0])
-                    logits = model.lm_head(hidden)
-                state_carry[0] = new_state
+                    hidden, new_state = model(x.to(device), carry[0])
+                    logits = lm_head_of(model)(hidden)
+                carry[0] = new_state
                 total += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.to(device).reshape(-1),
                                          reduction="sum").item()
                 count += y.numel()
         finally:
             model.train(was_training)
-        loss = total / max(1, count)
-        return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bits_per_token": loss / math.log(2),
-                "tokens": count}
+        return summarize(total, count)
 
-    def _eval_batches(self, ids: np.ndarray, model: nn.Module):
+    def _eval_batches(self, ids: np.ndarray, model: nn.Module, rank: int = 0, world_size: int = 1):
+        """(x, y, carry) evaluation batches. Streams come as this rank's rows with a shared state carry;
+        windows come all (carry None) and the caller keeps every world_size-th."""
         if self.streams:
             rows = max(1, min(self.eval_batch_size, (len(ids) - 1) // self.seq_len))
             x, y = as_streams(ids, rows)
+            x, y = x[rank::world_size], y[rank::world_size]
+            if len(x) == 0:
+                return
             carry: list = [None]
             for start in range(0, x.shape[1], self.seq_len):
                 yield to_long(x[:, start:start + self.seq_len]), to_long(y[:, start:start + self.seq_len]), carry
@@ -154,13 +161,18 @@ class LMTask:
         window = min(self.seq_len, model.max_seq_len or self.seq_len)
         n = (len(ids) - 1) // window
         if n == 0:
-            yield to_long(ids[None, :-1]), to_long(ids[None, 1:]), [None]
+            yield to_long(ids[None, :-1]), to_long(ids[None, 1:]), None
             return
         x = ids[: n * window].reshape(n, window)
         y = ids[1 : n * window + 1].reshape(n, window)
         for start in range(0, n, self.eval_batch_size):
             yield (to_long(x[start:start + self.eval_batch_size]), to_long(y[start:start + self.eval_batch_size]),
-                   [None])
+                   None)
+
+
+def lm_head_of(model: nn.Module) -> nn.Module:
+    """The LM head of a backbone, also through a wrapper that keeps it in `.module` (DDP)."""
+    return getattr(model, "module", model).lm_head
 
 
 def build(config: LMTaskConfig, recipe, splits: TokenSplits, model: nn.Module) -> LMTask:

@@ -1,0 +1,124 @@
+"""DDP under torchrun on CPU (gloo): two processes equal one with the same global batch; restarts resume;
+a failing rank ends the job."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from zoo.data import TokenSplits
+from zoo.tasks.lm import LMTask, LMTaskConfig
+
+from .conftest import REPO, final_weights, read_summary, scalars, zoo_subprocess
+
+ENV = {"ZOO_DIST_TIMEOUT": "60", "OMP_NUM_THREADS": "1"}
+
+
+def _close(a: dict, b: dict, atol: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=atol, msg=key)
+
+
+@pytest.mark.parametrize("model", ["char_rnn", "gpt2"])
+def test_two_processes_equal_one(make_recipe, tmp_path, model):
+    extra = ["--set", "model.dropout=0.0", "--set", "train.max_steps=12", "--set", "eval.interval=6"]
+    if model == "gpt2":
+        recipe = REPO / "recipes" / "gpt2_shakespeare_char.toml"
+        extra += ["--set", f"data.source={make_recipe().parent / 'tiny.txt'}", "--set", "model.size=gpt2-micro",
+                  "--set", "model.context_length=32", "--set", "train.seq_len=32", "--set", "train.batch_size=8",
+                  "--set", "run.precision=fp32", "--set", "eval.max_tokens=1000", "--set", "eval.batch_size=4"]
+    else:
+        recipe = make_recipe()
+    one = zoo_subprocess("train", recipe, "--name", "one", *extra, cwd=tmp_path, env=ENV)
+    assert one.returncode == 0, one.stderr
+    two = zoo_subprocess("train", recipe, "--name", "two", "--nproc-per-node", "2", *extra, cwd=tmp_path, env=ENV)
+    assert two.returncode == 0, two.stdout + two.stderr
+    _close(final_weights(tmp_path / "runs" / "one"), final_weights(tmp_path / "runs" / "two"))
+    curve_one = [v for _, v in scalars(tmp_path / "runs" / "one", "loss/train")]
+    curve_two = [v for _, v in scalars(tmp_path / "runs" / "two", "loss/train")]
+    assert len(curve_two) == 12 and curve_two == pytest.approx(curve_one, rel=1e-5)
+    s1, s2 = read_summary(tmp_path / "runs" / "one"), read_summary(tmp_path / "runs" / "two")
+    assert s2["tokens"] == s1["tokens"] and s2["test_loss"] == pytest.approx(s1["test_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("sampling,stateful", [("auto", True), ("windows", False), ("sequential", False)])
+@pytest.mark.parametrize("world", [2, 4])
+def test_ranks_read_the_single_process_batch_exactly_once(sampling, stateful, world):
+    ids = np.arange(5000, dtype=np.int32)
+    splits = TokenSplits(train=ids, val=ids[:100], test=ids[:100])
+    task = LMTask(LMTaskConfig(sampling=sampling), splits, stateful=stateful, batch_size=8, seq_len=10, seed=3,
+                  eval_batch_size=2, eval_max_tokens=0)
+    seen = []
+    for step in range(task.steps_per_epoch()):
+        single = torch.cat([b.x for b in task.micro_batches(step, 0, 1, 2)])
+        parts = [b for r in range(world) for b in task.micro_batches(step, r, world, 2)]
+        assert sorted(b.slot for b in parts) == list(range(4))  # every micro-batch on exactly one rank
+        union = torch.cat([b.x for b in sorted(parts, key=lambda b: b.slot)])
+        assert torch.equal(union, single)
+        seen.append(single.flatten())
+    if sampling == "sequential":  # one pass: every token of the budget once, none twice
+        tokens = torch.cat(seen)
+        assert len(torch.unique(tokens)) == len(tokens) == task.steps_per_epoch() * 8 * 10
+
+
+def test_a_killed_worker_restarts_and_resumes_exactly(make_recipe, tmp_path):
+    recipe = make_recipe()
+    args = ["--nproc-per-node", "2", "--set", "checkpoint.interval=5", "--set", "eval.interval=0"]
+    whole = zoo_subprocess("train", recipe, "--name", "whole", *args, cwd=tmp_path, env=ENV)
+    assert whole.returncode == 0, whole.stderr
+    crashed = zoo_subprocess("train", recipe, "--name", "crash", *args, "--max-restarts", "1", cwd=tmp_path,
+                             env={**ENV, "ZOO_FAULT": "crash@13:1"})
+    assert crashed.returncode == 0, crashed.stdout + crashed.stderr
+    assert "resuming" in crashed.stdout and "step-00000010" in crashed.stdout
+    a, b = final_weights(tmp_path / "runs" / "whole"), final_weights(tmp_path / "runs" / "crash")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_failing_rank_ends_the_job_with_its_error(make_recipe, tmp_path):
+    start = time.monotonic()
+    result = zoo_subprocess("train", make_recipe(), "--nproc-per-node", "2", cwd=tmp_path,
+                            env={**ENV, "ZOO_FAULT": "raise@3:1"})
+    assert result.returncode != 0
+    assert "injected fault at step 3 on rank 1" in result.stdout + result.stderr
+    assert time.monotonic() - start < 90
+
+
+def test_recurrent_run_refuses_another_world_size(make_recipe, tmp_path):
+    recipe = make_recipe()
+    two = zoo_subprocess("train", recipe, "--nproc-per-node", "2", "--set", "train.max_steps=10", cwd=tmp_path,
+                         env=ENV)
+    assert two.returncode == 0, two.stderr
+    one = zoo_subprocess("train", recipe, cwd=tmp_path, env=ENV)
+    assert one.returncode == 2 and "resumes only with the same number (not 1)" in one.stderr
+
+
+def test_sigterm_on_the_launcher_checkpoints_every_rank_and_resumes(make_recipe, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    recipe = make_recipe()
+    args = ["--nproc-per-node", "2", "--set", "train.max_steps=100000", "--set", "log.interval=1",
+            "--set", "eval.interval=0"]
+    proc = subprocess.Popen([sys.executable, "-m", "zoo", "train", str(recipe), "--name", "sig", *args],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **ENV, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:
+        if line.startswith("step 20/"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out
+    assert "checkpoint saved" in out
+    run = tmp_path / "runs" / "sig"
+    stopped = read_summary(run)["step"]
+    assert (run / "ckpt" / "latest").read_text() == f"step-{stopped:08d}"
+    resumed = zoo_subprocess("train", recipe, "--name", "sig", *args, "--set", f"train.max_steps={stopped + 3}",
+                             cwd=tmp_path, env=ENV)
+    assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stderr
+    assert read_summary(run)["step"] == stopped + 3
