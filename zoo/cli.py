@@ -84,7 +84,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from zoo import registry
-    from zoo.data import load_splits
     from zoo.recipe import load_recipe
 
     model, tok, recipe, label, device = _load_for_inference(args)
@@ -94,9 +93,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise ZooError("--weights needs --data RECIPE to say which data to evaluate on")
     if recipe.data.tokenizer != tok.kind:
         raise ZooError(f"the model's tokenizer is {tok.kind} but the data recipe's is {recipe.data.tokenizer}")
-    _, splits, _ = load_splits(recipe.data, tok)
-    task = registry.build_task(recipe, splits, model)
-    result = task.evaluate(model, args.split, device)
+    _, data, _ = registry.load_data(recipe, tok)
+    task = registry.build_task(recipe, data, model)
+    result = registry.task_module(recipe).metrics(task.evaluate(model, args.split, device))
     print(json.dumps({"model": label, "split": args.split, **result}, indent=1))
     return 0
 

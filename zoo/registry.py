@@ -16,7 +16,7 @@ def _models() -> dict[str, tuple[type, Any]]:
 def _tasks() -> dict[str, tuple[type, Any]]:
     from zoo.tasks import lm
 
-    return {"lm": (lm.LMTaskConfig, lm.build)}
+    return {"lm": (lm.LMTaskConfig, lm)}
 
 
 def model_configs() -> dict[str, type]:
@@ -35,9 +35,24 @@ def build_model(config: Any, vocab_size: int):
     return models[config.arch][1](config, vocab_size)
 
 
-def build_task(recipe, splits, model):
-    """The task for a recipe, over token splits, for a built model."""
+def task_module(recipe):
+    """The module of the recipe's task: `load_data`, `wrap`, `build` and `metrics` live there."""
     tasks = _tasks()
     if recipe.task.kind not in tasks:
         raise RecipeError(f"unknown task.kind {recipe.task.kind!r}; known: {', '.join(sorted(tasks))}")
-    return tasks[recipe.task.kind][1](recipe.task, recipe, splits, model)
+    return tasks[recipe.task.kind][1]
+
+
+def load_data(recipe, tokenizer=None, progress: bool = True):
+    """(tokenizer, data, info) for a recipe: the task decides what its data is."""
+    return task_module(recipe).load_data(recipe, tokenizer, progress)
+
+
+def build_trainable(recipe, vocab_size: int):
+    """The model the trainer optimises and checkpoints: the backbone, wrapped with the task's head if any."""
+    return task_module(recipe).wrap(recipe.task, build_model(recipe.model, vocab_size))
+
+
+def build_task(recipe, data, model):
+    """The task for a recipe, over its data, for a built (wrapped) model."""
+    return task_module(recipe).build(recipe.task, recipe, data, model)

@@ -24,14 +24,12 @@ import torch
 
 from zoo import dist, registry
 from zoo.checkpoint import Checkpointer, load_model_tensors, read_checkpoint, write_atomic
-from zoo.data import load_splits
 from zoo.errors import CheckpointError, RecipeError, TrainingError
 from zoo.generate import generate
 from zoo.models.base import State, count_parameters, detach_state, flops_per_token
 from zoo.optim import build_optimizer, lr_at
 from zoo.recipe import Recipe, flatten, recipe_to_dict
 from zoo.runs import prepare_run_dir, read_summary, write_summary
-from zoo.tasks.base import summarize
 from zoo.tblog import TBLogger
 from zoo.tokenizers import load_tokenizer
 
@@ -176,15 +174,15 @@ class Trainer:
         tok_path = run_dir / "tokenizer.json"
         known = load_tokenizer(tok_path) if tok_path.is_file() else None
         if self.main:  # rank 0 prepares token files (if any) first; the others then read its cache
-            self.tokenizer, self.splits, self.data_info = load_splits(recipe.data, known)
+            self.tokenizer, self.splits, self.data_info = registry.load_data(recipe, known)
         dist.barrier(env)
         if not self.main:
-            self.tokenizer, self.splits, self.data_info = load_splits(recipe.data, known, progress=False)
+            self.tokenizer, self.splits, self.data_info = registry.load_data(recipe, known, progress=False)
         if self.main and known is None:
             write_atomic(tok_path, json.dumps(self.tokenizer.to_dict(), ensure_ascii=False))
 
         torch.manual_seed(recipe.run.seed)
-        self.model = registry.build_model(recipe.model, self.tokenizer.vocab_size).to(device)
+        self.model = registry.build_trainable(recipe, self.tokenizer.vocab_size).to(device)
         self.task = registry.build_task(recipe, self.splits, self.model)
         if device.type == "cuda" and recipe.run.tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -319,8 +317,9 @@ class Trainer:
         """Loss on the fixed slice of a split; with several ranks each evaluates its share and the sums are
         reduced, so the result equals one process's."""
         part = self.task.evaluate(self.model, split, self.device, self.autocast, self.env.rank, self.env.world_size)
-        loss_sum, tokens = dist.sum_all([part["loss_sum"], part["tokens"]], self.env, self.device)
-        return summarize(loss_sum, int(tokens))
+        keys = sorted(part)
+        sums = dict(zip(keys, dist.sum_all([float(part[k]) for k in keys], self.env, self.device), strict=True))
+        return registry.task_module(self.recipe).metrics(sums)
 
     def sample(self) -> str:
         """A short text sample with its own generator, so evaluation never disturbs the training RNG."""

@@ -122,9 +122,9 @@ class LMTask:
     def evaluate(self, model: nn.Module, split: str, device: torch.device,
                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
                  rank: int = 0, world_size: int = 1) -> dict[str, float]:
-        """Mean next-token loss (nats) over the fixed slice of `split`, plus perplexity and bits/token. With
-        several ranks each takes its share (stream rows or windows) and `loss_sum`/`tokens` add up across
-        ranks to the single-process totals."""
+        """Summed next-token loss (nats) and token count over this rank's share (stream rows or windows) of
+        the fixed slice of `split`; the sums add up across ranks to one process's, and `metrics` turns them
+        into loss, perplexity and bits per token."""
         was_training = model.training
         model.eval()
         ids = self.eval_tokens(split)
@@ -143,7 +143,7 @@ class LMTask:
                 count += y.numel()
         finally:
             model.train(was_training)
-        return summarize(total, count)
+        return {"loss_sum": total, "tokens": count}
 
     def _eval_batches(self, ids: np.ndarray, model: nn.Module, rank: int = 0, world_size: int = 1):
         """(x, y, carry) evaluation batches. Streams come as this rank's rows with a shared state carry;
@@ -173,6 +173,23 @@ class LMTask:
 def lm_head_of(model: nn.Module) -> nn.Module:
     """The LM head of a backbone, also through a wrapper that keeps it in `.module` (DDP)."""
     return getattr(model, "module", model).lm_head
+
+
+def load_data(recipe, tokenizer=None, progress: bool = True):
+    """Token splits of the recipe's [data] (see zoo.data.load_splits)."""
+    from zoo.data import load_splits
+
+    return load_splits(recipe.data, tokenizer, progress)
+
+
+def wrap(config: LMTaskConfig, backbone: nn.Module) -> nn.Module:
+    """Language modelling uses the backbone's own LM head: nothing to add."""
+    return backbone
+
+
+def metrics(sums: dict[str, float]) -> dict[str, float]:
+    """Loss, perplexity and bits per token from summed evaluation results."""
+    return summarize(sums["loss_sum"], int(sums["tokens"]))
 
 
 def build(config: LMTaskConfig, recipe, splits: TokenSplits, model: nn.Module) -> LMTask:
