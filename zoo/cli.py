@@ -63,7 +63,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
     from zoo.generate import generate
 
-    model, tok, _, _, device = _load_for_inference(args)
+    model, tok, recipe, _, device = _load_for_inference(args)
+    if recipe is not None and recipe.task.kind != "lm":
+        raise ZooError(f"{args.run} is a {recipe.task.kind} run, not a language model; use `zoo classify`")
     if args.prompt:
         prompt = tok.encode(args.prompt)
     elif getattr(tok, "eot", None) is not None:
@@ -95,7 +97,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise ZooError(f"the model's tokenizer is {tok.kind} but the data recipe's is {recipe.data.tokenizer}")
     _, data, _ = registry.load_data(recipe, tok)
     task = registry.build_task(recipe, data, model)
-    result = registry.task_module(recipe).metrics(task.evaluate(model, args.split, device))
+    result = registry.task_module(recipe).metrics(recipe.task, task.evaluate(model, args.split, device))
     print(json.dumps({"model": label, "split": args.split, **result}, indent=1))
     return 0
 
@@ -109,6 +111,78 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     recipe = load_recipe(_recipe_path(args.recipe), args.set)
     _, _, info = load_splits(recipe.data)
     print(json.dumps({k: v for k, v in info.items() if k != "manifest"}, indent=1))
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from zoo.recipe import apply_overrides, read_toml, recipe_from_dict
+    from zoo.runs import check_name
+    from zoo.trainer import train
+
+    recipe_path = _recipe_path(args.recipe)
+    raw = apply_overrides(read_toml(recipe_path), [])
+    base = args.base
+    if base.startswith("hf:"):
+        raw["model"] = {"arch": "gpt2", "size": "", "init_from": base, "qkv_bias": True, "tie_weights": True}
+        raw.setdefault("data", {})["tokenizer"] = "gpt2"
+        base_name = base.removeprefix("hf:").rstrip("/").split("/")[-1]
+    else:
+        base_dir = Path(base)
+        if not (base_dir / "recipe.toml").is_file():
+            raise ZooError(f"base run {base} does not exist (no {base_dir / 'recipe.toml'}); train one with "
+                           f"`zoo train`, or use --base hf:gpt2")
+        base_raw = read_toml(base_dir / "recipe.toml")
+        if base_raw.get("task", {}).get("kind", "lm") != "lm":
+            raise ZooError(f"base run {base} is not a language model (its task is "
+                           f"{base_raw['task']['kind']!r}); fine-tune from a language-model run")
+        raw["model"] = base_raw["model"]
+        raw.setdefault("data", {})["tokenizer"] = base_raw.get("data", {}).get("tokenizer", "char")
+        base_name = base_dir.resolve().name
+    raw.setdefault("task", {})["base"] = base
+    raw = apply_overrides(raw, args.set)
+    try:
+        recipe = recipe_from_dict(raw)
+    except ZooError as exc:
+        raise ZooError(f"{recipe_path}: {exc}") from None
+    default = f"spam_{base_name}" if recipe.data.source == "embedded:sms_spam" else f"{recipe_path.stem}_{base_name}"
+    name = check_name(args.name or default)
+    result = train(recipe, Path(args.runs_dir) / name)
+    return 128 + result.signal if result.signal else 0
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    import torch
+
+    from zoo.dist import environment, resolve_device
+    from zoo.runs import load_run
+    from zoo.tasks.classify import pad
+
+    device = resolve_device(args.device, environment())
+    run = load_run(args.run, args.checkpoint, device)
+    if run.recipe.task.kind != "classify":
+        raise ZooError(f"{args.run} is not a classifier (task {run.recipe.task.kind!r}); fine-tune one with "
+                       f"`zoo finetune-classifier`")
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise ZooError(f"file {path} does not exist")
+        texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    elif args.text:
+        texts = [args.text]
+    else:
+        raise ZooError("give a text to classify, or --file with one message a line")
+    labels = run.recipe.task.labels
+    limit = run.recipe.task.max_length or run.model.max_seq_len
+    pad_id = 50256 if run.tokenizer.kind == "gpt2" else 0
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(texts), 32):
+            part = [(run.tokenizer.encode(t)[:limit] or [pad_id], 0) for t in texts[start:start + 32]]
+            x, _, lengths = pad(part, pad_id)
+            probs = run.model(x.to(device), lengths.to(device)).float().softmax(-1).cpu()
+            out += [(labels[int(p.argmax())], float(p.max())) for p in probs]
+    for text, (label, prob) in zip(texts, out, strict=True):
+        print(f"{label} {prob:.2f}" if not args.file else f"{label}\t{prob:.4f}\t{text}")
     return 0
 
 
@@ -169,6 +243,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--data", help="a recipe whose [data] to evaluate on (default: the run's own)")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("finetune-classifier", help="fine-tune a language model into a text classifier")
+    p.add_argument("--base", required=True, help="a language-model run (runs/NAME) or hf:gpt2 / hf:PATH")
+    p.add_argument("--recipe", default=str(RECIPES_DIR / "gpt2_spam_classifier.toml"),
+                   help="the classification recipe (default: recipes/gpt2_spam_classifier.toml, SMS spam)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--name", help="run name (default: spam_<base>)")
+    p.add_argument("--runs-dir", default="runs")
+    p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser("classify", help="classify texts with a fine-tuned classifier run")
+    p.add_argument("run")
+    p.add_argument("text", nargs="?", help="the text to classify")
+    p.add_argument("--file", help="a file with one message a line")
+    p.add_argument("--checkpoint", default="best", help="best, latest or step-N")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_classify)
 
     p = sub.add_parser("recipes", help="list the shipped recipes")
     p.add_argument("--fields", action="store_true", help="print every recipe field with its default and doc")

@@ -14,9 +14,9 @@ def _models() -> dict[str, tuple[type, Any]]:
 
 
 def _tasks() -> dict[str, tuple[type, Any]]:
-    from zoo.tasks import lm
+    from zoo.tasks import classify, lm
 
-    return {"lm": (lm.LMTaskConfig, lm)}
+    return {"lm": (lm.LMTaskConfig, lm), "classify": (classify.ClassifyTaskConfig, classify)}
 
 
 def model_configs() -> dict[str, type]:

@@ -206,7 +206,7 @@ class Trainer:
         self.n_params = count_parameters(self.model)
         self.flops_per_token = flops_per_token(self.model)
         self.peak_flops = _peak_flops(device)
-        self.sample_prompt = self.tokenizer.encode(recipe.eval.sample_prompt) or [int(self.splits.val[0])]
+        self.n_trainable = count_parameters(self.model, trainable_only=True)
 
         self.counters = Counters()
         self.carried: dict[int, State] = {}
@@ -214,7 +214,8 @@ class Trainer:
         if self.resumed_from is not None:
             self._restore(self.resumed_from)
         elif hasattr(self.model, "load_pretrained") and self.model.load_pretrained() and self.main:
-            print(f"starting from the weights of {recipe.model.init_from}", flush=True)
+            base = getattr(recipe.task, "base", "") or getattr(recipe.model, "init_from", "")
+            print(f"starting from the weights of {base}", flush=True)
 
     # ------------------------------------------------------------------------------------------ state
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -279,7 +280,7 @@ class Trainer:
         batches = self.task.micro_batches(c.step, self.env.rank, self.env.world_size, self.micro)
         for i, batch in enumerate(batches):
             state_in = None if batch.reset else self.carried.get(batch.slot)
-            batch = batch._replace(x=batch.x.to(self.device), y=batch.y.to(self.device))
+            batch = batch.to(self.device)
             # DDP all-reduces gradients only after the last micro-batch's backward
             with dist.no_sync(self.train_model, skip=i < len(batches) - 1), self.autocast():
                 try:
@@ -319,17 +320,18 @@ class Trainer:
         part = self.task.evaluate(self.model, split, self.device, self.autocast, self.env.rank, self.env.world_size)
         keys = sorted(part)
         sums = dict(zip(keys, dist.sum_all([float(part[k]) for k in keys], self.env, self.device), strict=True))
-        return registry.task_module(self.recipe).metrics(sums)
+        return registry.task_module(self.recipe).metrics(self.recipe.task, sums)
 
     def sample(self) -> str:
         """A short text sample with its own generator, so evaluation never disturbs the training RNG."""
         ev = self.recipe.eval
-        if not ev.sample_tokens or not self.main:
+        if not ev.sample_tokens or not self.main or not hasattr(self.model, "lm_head"):
             return ""
+        prompt = self.tokenizer.encode(ev.sample_prompt) or [int(self.splits.val[0])]
         gen = torch.Generator().manual_seed(self.recipe.run.seed + self.counters.step)
-        ids = generate(self.model, self.sample_prompt, ev.sample_tokens, temperature=ev.sample_temperature,
+        ids = generate(self.model, prompt, ev.sample_tokens, temperature=ev.sample_temperature,
                        generator=gen, device=self.device)
-        return self.tokenizer.decode(self.sample_prompt + ids)
+        return self.tokenizer.decode(prompt + ids)
 
     # ------------------------------------------------------------------------------------------ loop
     def run(self) -> TrainResult:
@@ -343,7 +345,7 @@ class Trainer:
             progress.line(f"resuming {self.run_dir} from {self.resumed_from.name} (step {c.step}/"
                           f"{self.total_steps})")
         else:
-            progress.line(f"training {self.run_dir}: {self.n_params:,} parameters, "
+            progress.line(f"training {self.run_dir}: {self.n_params:,} parameters ({self.n_trainable:,} trainable), "
                           f"{self.flops_per_token / 1e6:,.1f} MFLOPs/token, {self.steps_per_epoch} "
                           f"steps/epoch, {self.total_steps} steps of {self.tokens_per_step:,} tokens on "
                           f"{self.device} ({recipe.run.precision})")
@@ -390,7 +392,10 @@ class Trainer:
             evaluating = bool(recipe.eval.interval and c.step % recipe.eval.interval == 0) or is_last
             improved, early_stop = False, False
             if evaluating:
-                last_val = self.evaluate("val")["loss"]
+                val = self.evaluate("val")
+                last_val = val["loss"]
+                if "accuracy" in val:
+                    log.scalars({"acc/val": val["accuracy"]}, c.step)
                 improved = last_val < c.best_val
                 if improved:
                     c.best_val, c.best_step, c.evals_since_best = last_val, c.step, 0
@@ -422,6 +427,7 @@ class Trainer:
         summary = {
             "run": self.run_dir.name, "status": status, "step": c.step, "total_steps": self.total_steps,
             "epochs": c.step / self.steps_per_epoch, "tokens": c.tokens, "params": self.n_params,
+            "trainable_params": self.n_trainable,
             "flops_per_token": self.flops_per_token, "wall_time_s": c.elapsed,
             "tokens_per_s": c.tokens / max(c.elapsed, 1e-9), "device": str(self.device),
             "precision": recipe.run.precision, "vocab_size": self.tokenizer.vocab_size,
@@ -429,8 +435,15 @@ class Trainer:
             "best_val_loss": c.best_val if math.isfinite(c.best_val) else None, "best_step": c.best_step,
         }
         if status != "interrupted" and recipe.eval.test:
-            summary["test_loss"] = self.evaluate("test")["loss"]
+            test = self.evaluate("test")
+            summary["test_loss"] = test["loss"]
             self.logger.scalars({"loss/test": summary["test_loss"]}, c.step)
+            if "accuracy" in test:  # classification: every metric of the final model on val and test
+                summary["test_metrics"] = test
+                summary["val_metrics"] = self.evaluate("val")
+                self.logger.scalars({"acc/test": test["accuracy"]}, c.step)
+                progress.line(f"test accuracy {test['accuracy']:.4f} (precision {test['precision']:.4f}, recall "
+                              f"{test['recall']:.4f}, F1 {test['f1']:.4f})")
             progress.line(f"test loss {summary['test_loss']:.4f}")
         if self.main:
             write_summary(self.run_dir, summary)

@@ -58,9 +58,10 @@ class GPT2Config:
         for key in ("n_layer", "n_head", "n_embd", "vocab_size"):
             check(getattr(self, key) >= 0, f"model.{key}", f"is {getattr(self, key)}; it must be >= 0")
         n_layer, n_head, n_embd = self.dims()
-        check(n_layer > 0 and n_head > 0 and n_embd > 0, "model.size",
-              "is \"\"; then set model.n_layer, model.n_head and model.n_embd")
-        check(n_embd % n_head == 0, "model.n_embd", f"is {n_embd}; it must be a multiple of n_head ({n_head})")
+        if not self.init_from:  # with init_from the weights' config.json fixes the architecture
+            check(n_layer > 0 and n_head > 0 and n_embd > 0, "model.size",
+                  "is \"\"; then set model.n_layer, model.n_head and model.n_embd")
+            check(n_embd % n_head == 0, "model.n_embd", f"is {n_embd}; it must be a multiple of n_head ({n_head})")
         check(self.context_length > 0, "model.context_length", f"is {self.context_length}; it must be > 0")
         check(0 <= self.dropout < 1, "model.dropout", f"is {self.dropout}; it must be in [0, 1)")
         check(self.init_from == "" or self.init_from.startswith("hf:"), "model.init_from",
@@ -182,6 +183,11 @@ class GPT2(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def layer_groups(self) -> tuple[list[list[nn.Parameter]], list[nn.Parameter]]:
+        """Parameters from input to output (embeddings, then each block) and the final norm, for freezing."""
+        groups = [[self.wte.weight, self.wpe.weight]] + [list(block.parameters()) for block in self.h]
+        return groups, list(self.ln_f.parameters())
 
     def load_pretrained(self) -> bool:
         """Load the `init_from` weights, if the config names any (a fresh run's starting point)."""

@@ -72,6 +72,13 @@ class CharRNN(nn.Module):
         if config.tie_weights:
             self.lm_head.weight = self.embedding.weight
 
+    def layer_groups(self) -> tuple[list[list[nn.Parameter]], list[nn.Parameter]]:
+        """Parameters from input to output (the embedding, then each recurrent layer), for freezing."""
+        groups = [list(self.embedding.parameters())] if self.embedding is not None else []
+        for k in range(self.config.num_layers):
+            groups.append([p for n, p in self.rnn.named_parameters() if n.endswith(f"_l{k}")])
+        return groups, []
+
     def init_state(self, batch_size: int, device: torch.device | str) -> State:
         shape = (self.config.num_layers, batch_size, self.config.hidden_size)
         n = 2 if self.config.cell == "lstm" else 1

@@ -18,6 +18,11 @@ class Batch(NamedTuple):
     y: torch.Tensor
     slot: int = 0
     reset: bool = True
+    lengths: torch.Tensor | None = None  # real lengths of right-padded rows (classification)
+
+    def to(self, device: torch.device) -> Batch:
+        lengths = self.lengths.to(device) if self.lengths is not None else None
+        return self._replace(x=self.x.to(device), y=self.y.to(device), lengths=lengths)
 
 
 class Task(Protocol):

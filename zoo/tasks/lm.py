@@ -187,7 +187,7 @@ def wrap(config: LMTaskConfig, backbone: nn.Module) -> nn.Module:
     return backbone
 
 
-def metrics(sums: dict[str, float]) -> dict[str, float]:
+def metrics(config: LMTaskConfig, sums: dict[str, float]) -> dict[str, float]:
     """Loss, perplexity and bits per token from summed evaluation results."""
     return summarize(sums["loss_sum"], int(sums["tokens"]))
 

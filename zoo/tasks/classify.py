@@ -1,0 +1,311 @@
+"""Sequence classification (Raschka ch. 6): a linear head on the backbone's hidden state at the last non-pad
+token, trained on labelled texts (the SMS Spam Collection by default, or any CSV/TSV with a text and a label
+column), with a freezing policy. The backbone and its tokenizer come from a base: a zoo language-model run or
+GPT-2 weights in the Hugging Face layout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import importlib.resources
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.errors import DataError, RecipeError
+from zoo.recipe import check, doc
+from zoo.tasks.base import Batch
+
+
+@dataclass(frozen=True)
+class ClassifyTaskConfig:
+    kind: str = doc("classify", "classify")
+    base: str = doc("the pretrained language model: a run directory or hf:gpt2 / hf:PATH "
+                    "(zoo finetune-classifier --base sets it)", "")
+    base_checkpoint: str = doc("which checkpoint of a base run: best, latest or step-N", "best")
+    labels: tuple[str, ...] = doc("the class names, in the order of the head's outputs", ("ham", "spam"))
+    positive: str = doc("the class precision/recall/F1 are about (empty = the last label)", "")
+    text_column: str = doc("text column of a CSV/TSV with a header row", "text")
+    label_column: str = doc("label column of a CSV/TSV with a header row", "label")
+    balance: bool = doc("undersample every class to the smallest one (the book's 747 + 747)", True)
+    max_length: int = doc("truncate texts to this many tokens (0 = the model's context length, or no limit)", 0)
+    trainable: Literal["default", "last_n", "head_only", "all"] = doc(
+        "default: the last block/recurrent layer, the final norm and the head; last_n: the last `last_n` "
+        "blocks too; head_only; all", "default")
+    last_n: int = doc("blocks or recurrent layers trained with trainable = \"last_n\"", 1)
+
+    def validate(self) -> None:
+        check(len(self.labels) >= 2 and len(set(self.labels)) == len(self.labels), "task.labels",
+              f"is {list(self.labels)}; give at least two distinct class names")
+        check(not self.positive or self.positive in self.labels, "task.positive",
+              f"is {self.positive!r}; use one of {', '.join(self.labels)}")
+        check(self.max_length >= 0 and self.last_n >= 1, "task.max_length",
+              "and task.last_n must be >= 0 and >= 1")
+
+
+# ------------------------------------------------------------------------------------------------ data
+@dataclass
+class Examples:
+    """Token ids and label indices of the train/val/test splits."""
+
+    train: list[tuple[list[int], int]]
+    val: list[tuple[list[int], int]]
+    test: list[tuple[list[int], int]]
+
+    def __getitem__(self, split: str) -> list[tuple[list[int], int]]:
+        if split not in ("train", "val", "test"):
+            raise DataError(f"unknown split {split!r}; use train, val or test")
+        return getattr(self, split)
+
+
+def read_labelled(source: str, config: ClassifyTaskConfig) -> list[tuple[str, str, str]]:
+    """(text, label, where) rows of `embedded:sms_spam` (label TAB text, no header) or a CSV/TSV file with a
+    header row naming `text_column` and `label_column`."""
+    if source == "embedded:sms_spam":
+        raw = (importlib.resources.files("zoo.data") / "embedded" / "sms_spam.tsv").read_text("utf-8")
+        rows = [line.split("\t", 1) for line in raw.splitlines()]
+        return [(text, label, f"sms_spam.tsv:{i + 1}") for i, (label, text) in enumerate(rows)]
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist; set data.source to a CSV/TSV file or embedded:sms_spam")
+    tsv = path.suffix.lower() in (".tsv", ".tab")
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.reader(f, delimiter="\t" if tsv else ",", quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"data file {path} is empty")
+            missing = [c for c in (config.text_column, config.label_column) if c not in header]
+            if missing:
+                raise DataError(f"{path}:1: no column {', '.join(map(repr, missing))} (columns: {', '.join(header)});"
+                                f" set task.text_column / task.label_column")
+            ti, li = header.index(config.text_column), header.index(config.label_column)
+            return [(row[ti] if ti < len(row) else "", row[li] if li < len(row) else "", f"{path}:{n}")
+                    for n, row in enumerate(reader, start=2)]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"data file {path} is not UTF-8 (invalid byte at offset {exc.start})") from None
+
+
+def split_texts(recipe) -> dict[str, list[tuple[str, int]]]:
+    """The labelled texts, checked, balanced, shuffled and split (seeded): {split: [(text, label index)]}."""
+    config: ClassifyTaskConfig = recipe.task
+    rows = read_labelled(recipe.data.source, config)
+    by_class: dict[int, list[str]] = {i: [] for i in range(len(config.labels))}
+    for text, label, where in rows:
+        if label not in config.labels:
+            raise DataError(f"{where}: label {label!r} is not one of {', '.join(config.labels)} (set task.labels)")
+        if not text.strip():
+            raise DataError(f"{where}: the text is empty")
+        by_class[config.labels.index(label)].append(text)
+    empty = [config.labels[i] for i, texts in by_class.items() if not texts]
+    if empty:
+        raise DataError(f"{recipe.data.source} has no examples of class {', '.join(map(repr, empty))}")
+    rng = random.Random(recipe.run.seed)
+    if config.balance:
+        smallest = min(len(t) for t in by_class.values())
+        by_class = {i: rng.sample(texts, smallest) for i, texts in by_class.items()}
+    items = [(text, i) for i, texts in by_class.items() for text in texts]
+    rng.shuffle(items)
+    n = len(items)
+    a = int(round(n * recipe.data.splits[0]))
+    b = int(round(n * (recipe.data.splits[0] + recipe.data.splits[1])))
+    parts = {"train": items[:a], "val": items[a:b], "test": items[b:]}
+    for split, part in parts.items():
+        if not part:
+            raise DataError(f"the {split} split of {recipe.data.source} is empty ({n} examples); use more data")
+    return parts
+
+
+def load_data(recipe, tokenizer=None, progress: bool = True):
+    """(tokenizer, Examples, info): `split_texts`, encoded with the base's tokenizer (truncated to
+    task.max_length)."""
+    tokenizer = tokenizer or base_tokenizer(recipe)
+    limit = recipe.task.max_length or None
+    parts = {split: [(tokenizer.encode(text)[:limit], label) for text, label in part]
+             for split, part in split_texts(recipe).items()}
+    data = Examples(**parts)
+    counts = {s: len(data[s]) for s in ("train", "val", "test")}
+    return tokenizer, data, {"source": recipe.data.source, "examples": counts}
+
+
+def base_tokenizer(recipe):
+    """The base's tokenizer: GPT-2 BPE, or a base run's character vocabulary with a fallback for characters
+    it lacks (a space if it has one), so any message encodes."""
+    from zoo.tokenizers import CharTokenizer, Gpt2Tokenizer, load_tokenizer
+
+    if recipe.data.tokenizer == "gpt2":
+        return Gpt2Tokenizer()
+    base = recipe.task.base
+    if not base or base.startswith("hf:"):
+        raise RecipeError("a character-level classifier needs task.base = a zoo run directory (its vocabulary)")
+    tok = load_tokenizer(Path(base) / "tokenizer.json")
+    return CharTokenizer(tok.chars, fallback=" " if " " in tok.stoi else tok.chars[0])
+
+
+# ----------------------------------------------------------------------------------------------- model
+class Classifier(nn.Module):
+    """A backbone plus a linear head (no bias, like GPT2ForSequenceClassification's `score`) on the hidden
+    state at each sequence's last real token."""
+
+    stateful = False
+
+    def __init__(self, config: ClassifyTaskConfig, backbone: nn.Module):
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        self.max_seq_len = backbone.max_seq_len
+        self.score = nn.Linear(backbone.d_model, len(config.labels), bias=False)
+        nn.init.normal_(self.score.weight, std=0.02)
+
+    def forward(self, idx: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        hidden, _ = self.backbone(idx)
+        last = hidden[torch.arange(idx.shape[0], device=idx.device), lengths - 1]
+        return self.score(last)
+
+    def load_pretrained(self) -> bool:
+        """Start from the base: a zoo run's checkpoint, or GPT-2 weights (the backbone's init_from)."""
+        base = self.config.base
+        if base and not base.startswith("hf:"):
+            from zoo.checkpoint import Checkpointer, load_model_tensors, read_checkpoint
+
+            path = Checkpointer(base).resolve(self.config.base_checkpoint)
+            tensors, _, meta = read_checkpoint(path)
+            load_model_tensors(self.backbone, tensors, meta.get("aliases", {}), str(path))
+            return True
+        return bool(getattr(self.backbone, "load_pretrained", lambda: False)())
+
+    def freeze(self) -> None:
+        """Apply the trainable policy. The LM head is never trained: the classifier does not use it."""
+        policy, cfg = self.config.trainable, self.config
+        groups, final = self.backbone.layer_groups()
+        train = [self.score]
+        if policy == "all":
+            train = [self]
+        elif policy in ("default", "last_n"):
+            n = 1 if policy == "default" else cfg.last_n
+            train += [p for group in groups[-n:] for p in group] + list(final)
+        for p in self.parameters():
+            p.requires_grad = False
+        for item in train:
+            for p in item.parameters() if isinstance(item, nn.Module) else [item]:
+                p.requires_grad = True
+        lm_head = self.backbone.lm_head.weight
+        if not any(lm_head is p for g in groups for p in g):  # an untied head is unused: out of the optimizer
+            lm_head.requires_grad = False
+            if getattr(self.backbone.lm_head, "bias", None) is not None:
+                self.backbone.lm_head.bias.requires_grad = False
+
+
+def wrap(config: ClassifyTaskConfig, backbone: nn.Module) -> Classifier:
+    model = Classifier(config, backbone)
+    model.freeze()
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ task
+def pad(examples: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest example: ids [B, T], labels [B], lengths [B]."""
+    longest = max(len(ids) for ids, _ in examples)
+    x = torch.full((len(examples), longest), pad_id, dtype=torch.long)
+    for i, (ids, _) in enumerate(examples):
+        x[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    y = torch.tensor([label for _, label in examples], dtype=torch.long)
+    lengths = torch.tensor([len(ids) for ids, _ in examples], dtype=torch.long)
+    return x, y, lengths
+
+
+class ClassifyTask:
+    """Shuffled padded examples each epoch (a permutation seeded by the epoch), cross-entropy on the head."""
+
+    def __init__(self, config: ClassifyTaskConfig, data: Examples, *, batch_size: int, seed: int, pad_id: int,
+                 eval_batch_size: int, max_len: int | None):
+        self.config, self.data, self.batch_size, self.seed = config, data, batch_size, seed
+        self.pad_id, self.eval_batch_size = pad_id, eval_batch_size
+        if max_len:
+            for split in ("train", "val", "test"):
+                data[split][:] = [(ids[:max_len], label) for ids, label in data[split]]
+        if len(data.train) < batch_size:
+            raise DataError(f"the train split has {len(data.train)} examples, fewer than train.batch_size "
+                            f"({batch_size}); lower it or use more data")
+
+    def steps_per_epoch(self) -> int:
+        return len(self.data.train) // self.batch_size
+
+    def tokens_per_step(self) -> int:
+        return self.batch_size  # examples per step (progress is counted in examples for classification)
+
+    def micro_batches(self, step: int, rank: int, world_size: int, micro_batch_size: int) -> list[Batch]:
+        epoch, i = divmod(step, self.steps_per_epoch())
+        order = torch.randperm(len(self.data.train), generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
+        chosen = order[i * self.batch_size:(i + 1) * self.batch_size].tolist()
+        out = []
+        for m in range(self.batch_size // micro_batch_size):
+            if m % world_size != rank:
+                continue
+            part = [self.data.train[j] for j in chosen[m * micro_batch_size:(m + 1) * micro_batch_size]]
+            x, y, lengths = pad(part, self.pad_id)
+            out.append(Batch(x, y, slot=m, reset=True, lengths=lengths))
+        return out
+
+    def loss(self, model: nn.Module, batch: Batch, state) -> tuple[torch.Tensor, None]:
+        return F.cross_entropy(model(batch.x, batch.lengths).float(), batch.y), None
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str, device: torch.device,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                 rank: int = 0, world_size: int = 1) -> dict[str, float]:
+        """Summed loss and confusion-matrix counts over this rank's share of the split."""
+        was_training = model.training
+        model.eval()
+        k = len(self.config.labels)
+        sums = {"loss_sum": 0.0, "count": 0, **{f"cm_{a}_{b}": 0 for a in range(k) for b in range(k)}}
+        examples = self.data[split]
+        try:
+            for n, start in enumerate(range(0, len(examples), self.eval_batch_size)):
+                if n % world_size != rank:
+                    continue
+                x, y, lengths = pad(examples[start:start + self.eval_batch_size], self.pad_id)
+                with autocast():
+                    logits = model(x.to(device), lengths.to(device)).float()
+                sums["loss_sum"] += F.cross_entropy(logits, y.to(device), reduction="sum").item()
+                sums["count"] += len(y)
+                for truth, pred in zip(y.tolist(), logits.argmax(-1).tolist(), strict=True):
+                    sums[f"cm_{truth}_{pred}"] += 1
+        finally:
+            model.train(was_training)
+        return sums
+
+
+def metrics_for(labels: tuple[str, ...], positive: str, sums: dict[str, float]) -> dict:
+    """Loss, accuracy, precision/recall/F1 of the positive class, and the confusion matrix (rows = truth)."""
+    k = len(labels)
+    cm = [[int(sums[f"cm_{a}_{b}"]) for b in range(k)] for a in range(k)]
+    count = max(1, int(sums["count"]))
+    pos = labels.index(positive) if positive else k - 1
+    tp = cm[pos][pos]
+    predicted = sum(cm[a][pos] for a in range(k))
+    actual = sum(cm[pos])
+    precision = tp / predicted if predicted else 0.0
+    recall = tp / actual if actual else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"loss": sums["loss_sum"] / count, "accuracy": sum(cm[i][i] for i in range(k)) / count,
+            "precision": precision, "recall": recall, "f1": f1, "examples": int(sums["count"]),
+            "positive": labels[pos], "labels": list(labels), "confusion": cm}
+
+
+def build(config: ClassifyTaskConfig, recipe, data: Examples, model: Classifier) -> ClassifyTask:
+    tokenizer_pad = 50256 if recipe.data.tokenizer == "gpt2" else 0
+    max_len = config.max_length or model.max_seq_len
+    return ClassifyTask(config, data, batch_size=recipe.train.batch_size, seed=recipe.run.seed, pad_id=tokenizer_pad,
+                        eval_batch_size=recipe.eval.batch_size, max_len=max_len)
+
+
+def metrics(config: ClassifyTaskConfig, sums: dict[str, float]) -> dict:
+    return metrics_for(config.labels, config.positive, sums)
