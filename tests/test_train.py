@@ -258,3 +258,15 @@ def test_accumulation_matches_one_big_batch(zoo, make_recipe, tmp_path):
     curve_big = [v for _, v in scalars(tmp_path / "runs" / "big", "loss/train")]
     curve_accum = [v for _, v in scalars(tmp_path / "runs" / "accum", "loss/train")]
     assert curve_accum == pytest.approx(curve_big, rel=1e-5)
+
+
+def test_a_run_directory_is_trained_by_one_process_at_a_time(zoo, make_recipe, tmp_path):
+    from zoo.runs import lock_run_dir
+
+    held = lock_run_dir(tmp_path / "runs" / "tiny")  # as another training process would
+    try:
+        result = zoo("train", make_recipe())
+        assert result.code == 2 and "is being trained by another process" in result.err
+    finally:
+        held.close()
+    assert zoo("train", make_recipe(), "--set", "train.max_steps=2").code == 0

@@ -28,6 +28,22 @@ def check_name(name: str) -> str:
     return name
 
 
+def lock_run_dir(run_dir: Path):
+    """Hold an exclusive lock on the run directory for this process's lifetime, so two trainings never write
+    the same run; returns the open lock file (keep a reference). The lock goes with the process."""
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / ".lock", "a+")  # noqa: SIM115 - held open on purpose
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise CheckpointError(f"{run_dir} is being trained by another process; wait for it, stop it, or choose "
+                              f"another --name") from None
+    return handle
+
+
 def prepare_run_dir(recipe: Recipe, run_dir: Path) -> None:
     """Create the run directory and write the resolved recipe; refuse a different recipe in an existing run
     (only limits and cadences may change when a run is resumed)."""

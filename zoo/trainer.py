@@ -29,7 +29,7 @@ from zoo.generate import generate
 from zoo.models.base import State, count_parameters, detach_state, flops_per_token
 from zoo.optim import build_optimizer, lr_at
 from zoo.recipe import Recipe, flatten, recipe_to_dict
-from zoo.runs import prepare_run_dir, read_summary, write_summary
+from zoo.runs import lock_run_dir, prepare_run_dir, read_summary, write_summary
 from zoo.tblog import TBLogger
 from zoo.tokenizers import load_tokenizer
 
@@ -149,11 +149,14 @@ def train(recipe: Recipe, run_dir: str | Path) -> TrainResult:
     """Train (or resume) the run in `run_dir` to the recipe's limits; returns the summary."""
     env = dist.environment()
     device = dist.resolve_device(recipe.run.device, env)
-    dist.init(env, device)
+    lock = lock_run_dir(Path(run_dir)) if env.is_main else None
     try:
+        dist.init(env, device)
         return Trainer(recipe, Path(run_dir), env, device).run()
     finally:
         dist.shutdown()
+        if lock is not None:
+            lock.close()
 
 
 class Trainer:
