@@ -186,6 +186,70 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from zoo import compare
+
+    runs = [compare.read_run(r) for r in args.runs]
+    print(compare.render(compare.compare(runs), args.format))
+    if args.plot:
+        curves = compare.plot(runs, args.plot, args.x)
+        print(f"wrote {args.plot} ({curves} curves)", file=sys.stderr)
+    return 0
+
+
+def _sweep_grid(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """(run name, overrides) for every combination of the --vary values and seeds."""
+    import itertools
+    import re
+
+    from zoo.recipe import load_recipe
+
+    if args.seeds < 1:
+        raise ZooError("--seeds must be >= 1")
+    axes = []
+    for item in args.vary:
+        key, _, values = item.partition("=")
+        if not key or not values:
+            raise ZooError(f"--vary {item!r} must look like section.key=v1,v2 (e.g. train.grad_clip=0,1.0)")
+        axes.append([(key.strip(), v.strip()) for v in values.split(",")])
+    base = load_recipe(_recipe_path(args.recipe), args.set)
+    grid = []
+    for combo in itertools.product(*axes):
+        for s in range(args.seeds):
+            overrides = [f"{k}={v}" for k, v in combo]
+            parts = [f"{k.split('.')[-1]}{v}" for k, v in combo]
+            if args.seeds > 1:
+                overrides.append(f"run.seed={base.run.seed + s}")
+                parts.append(f"s{s}")
+            name = re.sub(r"[^A-Za-z0-9._+=-]", "_", "-".join([args.prefix or Path(args.recipe).stem, *parts]))
+            load_recipe(_recipe_path(args.recipe), [*args.set, *overrides])  # every point is a valid recipe
+            grid.append((name, overrides))
+    return grid
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import shlex
+
+    from zoo import compare
+    from zoo.recipe import load_recipe
+    from zoo.trainer import train
+
+    grid = _sweep_grid(args)
+    for name, overrides in grid:
+        sets = [f"--set {shlex.quote(o)}" for o in [*args.set, *overrides]]
+        cmd = f"zoo train {shlex.quote(args.recipe)} --name {name} --runs-dir {shlex.quote(args.runs_dir)}"
+        print(" ".join([cmd, *sets]), flush=True)
+        if args.dry_run:
+            continue
+        result = train(load_recipe(_recipe_path(args.recipe), [*args.set, *overrides]), Path(args.runs_dir) / name)
+        if result.signal:
+            return 128 + result.signal
+    if not args.dry_run:
+        runs = [compare.read_run(Path(args.runs_dir) / name) for name, _ in grid]
+        print(compare.render(compare.compare(runs), args.format))
+    return 0
+
+
 def _cmd_recipes(args: argparse.Namespace) -> int:
     from zoo.recipe import field_reference, read_toml
 
@@ -260,6 +324,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="best", help="best, latest or step-N")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_classify)
+
+    p = sub.add_parser("compare", help="compare runs: differing fields, cost, losses, deltas, noise; plot")
+    p.add_argument("runs", nargs="+", help="run directories; the first is the baseline")
+    p.add_argument("--format", default="table", choices=["table", "markdown", "csv", "json"])
+    p.add_argument("--plot", help="write the loss curves to this PNG")
+    p.add_argument("--x", default="step", choices=["step", "tokens", "time"], help="x axis of the plot")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("sweep", help="train a grid of recipe variations one after another, then compare")
+    p.add_argument("recipe")
+    p.add_argument("--vary", action="append", default=[], metavar="SECTION.KEY=V1,V2",
+                   help="a field and its values (repeatable: the grid is their product)")
+    p.add_argument("--seeds", type=int, default=1, help="runs per grid point, seeds run.seed, run.seed+1, ...")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="fixed overrides")
+    p.add_argument("--prefix", help="run-name prefix (default: the recipe's file name)")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--format", default="table", choices=["table", "markdown", "csv", "json"])
+    p.add_argument("--dry-run", action="store_true", help="print the commands, train nothing")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("recipes", help="list the shipped recipes")
     p.add_argument("--fields", action="store_true", help="print every recipe field with its default and doc")

@@ -6,6 +6,17 @@ from pathlib import Path
 from typing import Any
 
 
+def _wait_for_a_new_second(tb_dir: Path) -> None:
+    """Event files are named events.out.tfevents.<unix seconds>.<host>.<pid>.<n> and TensorBoard reads them in
+    name order; a resumed run's file must sort after the earlier ones, so never start one in the same second
+    as the newest file already there."""
+    import time
+
+    stamps = [int(p.name.split(".")[3]) for p in tb_dir.glob("events.out.tfevents.*") if p.name.split(".")[3].isdigit()]
+    while stamps and int(time.time()) <= max(stamps):
+        time.sleep(0.05)
+
+
 class TBLogger:
     """A thin SummaryWriter wrapper; disabled (a no-op) on ranks other than 0."""
 
@@ -13,6 +24,8 @@ class TBLogger:
         self.writer = None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
+
+            _wait_for_a_new_second(Path(run_dir) / "tb")
 
             # purge_step drops events a crashed attempt wrote after the checkpoint we resume from,
             # so no step appears twice.

@@ -437,6 +437,11 @@ class Trainer:
             "final_train_loss": train_loss, "final_val_loss": last_val,
             "best_val_loss": c.best_val if math.isfinite(c.best_val) else None, "best_step": c.best_step,
         }
+        if status != "interrupted" and recipe.eval.test and hasattr(self.model, "lm_head"):
+            # characters per token of the test split (its first million tokens), so runs with different
+            # tokenizers compare in bits per character
+            ids = self.splits.test[:1_000_000]
+            summary["test_chars_per_token"] = len(self.tokenizer.decode([int(i) for i in ids])) / max(1, len(ids))
         if status != "interrupted" and recipe.eval.test:
             test = self.evaluate("test")
             summary["test_loss"] = test["loss"]

@@ -1,0 +1,87 @@
+"""Comparing runs: the table, the noise logic, the plot, hparams, and sweeps."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+
+from zoo import compare
+
+from .conftest import read_summary
+
+FAST = ["--set", "train.max_steps=12", "--set", "eval.interval=6", "--set", "eval.sample_tokens=0"]
+
+
+def test_sweep_trains_the_grid_and_compare_reports_it(zoo, make_recipe, tmp_path):
+    recipe = make_recipe()
+    dry = zoo("sweep", recipe, "--vary", "model.cell=lstm,gru", "--vary", "train.grad_clip=0,1.0", "--seeds", "2",
+              "--dry-run", *FAST)
+    assert dry.code == 0 and len(dry.out.splitlines()) == 8 and not (tmp_path / "runs").exists()
+    assert "--name tiny-celllstm-grad_clip0-s0" in dry.out and "--set run.seed=8" in dry.out
+    result = zoo("sweep", recipe, "--vary", "model.cell=lstm,gru", "--seeds", "2", *FAST)
+    assert result.code == 0, result
+    names = ["tiny-celllstm-s0", "tiny-celllstm-s1", "tiny-cellgru-s0", "tiny-cellgru-s1"]
+    assert all((tmp_path / "runs" / n / "summary.json").is_file() for n in names)
+    table = result.out.splitlines()[-3:]
+    assert table[0].split()[:2] == ["run", "model.cell"] and "test_loss_std" in table[0]
+    again = zoo("sweep", recipe, "--vary", "model.cell=lstm,gru", "--seeds", "2", *FAST)
+    assert again.code == 0 and again.out.count("already finished") == 4  # a sweep resumes: nothing is redone
+
+    rows = json.loads(zoo("compare", *[tmp_path / "runs" / n for n in names], "--format", "json").out)
+    assert [r["seeds"] for r in rows] == [2, 2] and rows[0]["delta_test"] == 0.0
+    lstm = [read_summary(tmp_path / "runs" / n)["test_loss"] for n in names[:2]]
+    gru = [read_summary(tmp_path / "runs" / n)["test_loss"] for n in names[2:]]
+    assert rows[0]["test_loss"] == pytest.approx(sum(lstm) / 2)
+    assert rows[1]["delta_test"] == pytest.approx(sum(gru) / 2 - sum(lstm) / 2)
+    import statistics
+
+    noise = max(statistics.stdev(lstm), statistics.stdev(gru))
+    assert rows[1]["exceeds_noise"] == (abs(rows[1]["delta_test"]) > 2 * noise)
+    assert rows[0]["test_bits_per_char"] == pytest.approx(rows[0]["test_loss"] / 0.6931471805599453)
+
+    plot = zoo("compare", *[tmp_path / "runs" / n for n in names], "--plot", tmp_path / "c.png", "--x", "tokens")
+    assert plot.code == 0 and "(8 curves)" in plot.err  # train + val for each of 4 runs
+    png = (tmp_path / "c.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])
+    assert width > 500 and height > 300
+
+    csv_out = zoo("compare", tmp_path / "runs" / names[0], tmp_path / "runs" / names[2], "--format", "csv").out
+    assert csv_out.splitlines()[0].startswith("run,model.cell,params,tokens")
+    md = zoo("compare", tmp_path / "runs" / names[0], tmp_path / "runs" / names[2], "--format", "markdown").out
+    assert md.splitlines()[1].startswith("|---|")
+
+
+def test_noise_logic_on_synthetic_runs(tmp_path):
+    def run(name, test, seed, clip):
+        return compare.RunInfo(tmp_path / name, {"run.seed": seed, "train.grad_clip": clip},
+                               {"test_loss": test, "best_val_loss": test, "final_val_loss": test})
+
+    runs = [run("a0", 3.00, 0, 0.0), run("a1", 3.02, 1, 0.0), run("b0", 2.90, 0, 1.0), run("b1", 2.92, 1, 1.0),
+            run("c0", 3.005, 0, 2.0), run("c1", 3.025, 1, 2.0)]
+    rows = compare.compare(runs)
+    assert [r["train.grad_clip"] for r in rows] == [0.0, 1.0, 2.0]
+    assert rows[1]["delta_test"] == pytest.approx(-0.10) and rows[1]["exceeds_noise"] is True
+    assert rows[2]["delta_test"] == pytest.approx(0.005) and rows[2]["exceeds_noise"] is False
+    assert compare.differing(runs) == ["train.grad_clip"]
+
+
+def test_compare_rejects_what_is_not_a_finished_run(zoo, tmp_path):
+    result = zoo("compare", tmp_path)
+    assert result.code == 2 and "is not a zoo run" in result.err
+
+
+def test_hparams_hold_the_flattened_recipe_and_final_metrics(zoo, make_recipe, tmp_path):
+    assert zoo("train", make_recipe(), *FAST).code == 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(tmp_path / "runs" / "tiny" / "tb"))
+    acc.Reload()
+    content = acc.summary_metadata["_hparams_/session_start_info"].plugin_data.content
+    info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    assert info.hparams["train.lr"].number_value == pytest.approx(1e-2)
+    assert info.hparams["model.cell"].string_value == "lstm"
+    assert info.hparams["optim.name"].string_value == "adam"
