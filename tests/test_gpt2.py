@@ -217,7 +217,8 @@ def test_init_from_hf_weights(zoo, tmp_path):
         torch.testing.assert_close(ours.lm_head(ours(idx)[0]), hf(idx).logits, rtol=1e-3, atol=1e-3)
 
 
-def test_eval_with_weights_and_data(zoo, tmp_path):
+def test_eval_with_weights_and_data(zoo, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the Hub is never reached from tests
     folder = _hf_model(tmp_path, vocab=50257)
     recipe = REPO / "recipes" / "gpt2_shakespeare_char.toml"
     result = zoo("eval", "--weights", f"hf:{folder}", "--data", recipe, "--split", "val",
