@@ -122,3 +122,19 @@ def test_sigterm_on_the_launcher_checkpoints_every_rank_and_resumes(make_recipe,
                              cwd=tmp_path, env=ENV)
     assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stderr
     assert read_summary(run)["step"] == stopped + 3
+
+
+def test_attention_run_resumes_on_another_world_size(make_recipe, tmp_path):
+    recipe = REPO / "recipes" / "gpt2_shakespeare_char.toml"
+    toy = ["--set", f"data.source={make_recipe().parent / 'tiny.txt'}", "--set", "model.size=gpt2-micro",
+           "--set", "model.context_length=32", "--set", "train.seq_len=32", "--set", "train.batch_size=8",
+           "--set", "run.precision=fp32", "--set", "eval.max_tokens=1000", "--set", "eval.interval=4",
+           "--set", "eval.sample_tokens=0", "--set", "model.dropout=0.0"]
+    two = zoo_subprocess("train", recipe, "--name", "g", "--nproc-per-node", "2", *toy, "--set", "train.max_steps=4",
+                         cwd=tmp_path, env=ENV)
+    assert two.returncode == 0, two.stderr
+    one = zoo_subprocess("train", recipe, "--name", "g", *toy, "--set", "train.max_steps=8", cwd=tmp_path, env=ENV)
+    assert one.returncode == 0 and "resuming" in one.stdout, one.stderr
+    whole = zoo_subprocess("train", recipe, "--name", "w", *toy, "--set", "train.max_steps=8", cwd=tmp_path, env=ENV)
+    assert whole.returncode == 0
+    _close(final_weights(tmp_path / "runs" / "g"), final_weights(tmp_path / "runs" / "w"))
