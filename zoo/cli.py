@@ -250,6 +250,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from zoo.export import export_hf
+
+    out = export_hf(args.run, args.out, args.checkpoint)
+    print(f"exported {args.run} to {out}")
+    return 0
+
+
 def _cmd_recipes(args: argparse.Namespace) -> int:
     from zoo.recipe import field_reference, read_toml
 
@@ -343,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="table", choices=["table", "markdown", "csv", "json"])
     p.add_argument("--dry-run", action="store_true", help="print the commands, train nothing")
     p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("export-hf", help="export a GPT-2 run as a Hugging Face transformers folder")
+    p.add_argument("run")
+    p.add_argument("out")
+    p.add_argument("--checkpoint", default="best", help="best, latest or step-N")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("recipes", help="list the shipped recipes")
     p.add_argument("--fields", action="store_true", help="print every recipe field with its default and doc")
