@@ -46,4 +46,28 @@ def test_native_gpt2_export_matches_zoo(zoo, tmp_path, tokenizer, tie, qkv):
 def test_export_refuses_what_it_cannot_export(zoo, make_recipe, tmp_path):
     assert zoo("train", make_recipe(), "--set", "train.max_steps=2").code == 0
     result = zoo("export-hf", tmp_path / "runs" / "tiny", tmp_path / "out")
-    assert result.code == 2 and "supports GPT-2 language-model runs so far" in result.err
+    assert result.code == 2 and "supports GPT-2 language models and GPT-2 (BPE) classifiers so far" in result.err
+
+
+def test_gpt2_classifier_exports_as_sequence_classification(zoo, tmp_path):
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=128)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "hf")
+    fast = ["--set", "train.epochs=0", "--set", "train.max_steps=30", "--set", "task.max_length=64",
+            "--set", "eval.batch_size=64", "--set", "eval.interval=30", "--set", "train.lr=1e-3"]
+    assert zoo("finetune-classifier", "--base", f"hf:{tmp_path / 'hf'}", "--name", "spam", *fast).code == 0
+    result = zoo("export-hf", tmp_path / "runs" / "spam", tmp_path / "out")
+    assert result.code == 0, result
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").eval()
+    assert type(hf).__name__ == "GPT2ForSequenceClassification" and hf.config.id2label == {0: "ham", 1: "spam"}
+    messages = ["WINNER!! Claim your free prize now", "Are we still on for lunch?", "URGENT call 09061701461",
+                "ok see you at 5", "Free entry in 2 a wkly comp to win FA Cup final tkts"]
+    (tmp_path / "m.txt").write_text("\n".join(messages))
+    ours = zoo("classify", tmp_path / "runs" / "spam", "--file", tmp_path / "m.txt").out.splitlines()
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    for message, line in zip(messages, ours, strict=True):
+        with torch.no_grad():
+            probs = hf(**tok(message, return_tensors="pt")).logits.softmax(-1)[0]
+        label, prob = line.split("\t")[:2]
+        assert hf.config.id2label[int(probs.argmax())] == label
+        assert float(probs.max()) == pytest.approx(float(prob), abs=1e-4)
