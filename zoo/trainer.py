@@ -152,7 +152,9 @@ def train(recipe: Recipe, run_dir: str | Path) -> TrainResult:
     lock = lock_run_dir(Path(run_dir)) if env.is_main else None
     try:
         dist.init(env, device)
-        return Trainer(recipe, Path(run_dir), env, device).run()
+        result = Trainer(recipe, Path(run_dir), env, device).run()
+        dist.barrier(env)  # leave together: a rank tearing down gloo while a peer still talks to it can abort
+        return result
     finally:
         dist.shutdown()
         if lock is not None:
