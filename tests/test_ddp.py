@@ -3,6 +3,7 @@ a failing rank ends the job."""
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -15,6 +16,25 @@ from zoo.tasks.lm import LMTask, LMTaskConfig
 from .conftest import REPO, final_weights, read_summary, scalars, zoo_subprocess
 
 ENV = {"ZOO_DIST_TIMEOUT": "60", "OMP_NUM_THREADS": "1"}
+# PyTorch 2.13's gloo occasionally aborts a CPU worker in C++ while a process group is set up or torn down
+# ("terminate called without an active exception", no Python frame). A scenario that hits exactly that abort
+# runs once more in a fresh directory; any other failure, and every assertion on results, stays strict.
+GLOO_ABORT = "terminate called without an active exception"
+
+
+def gloo_retry(test):
+    @functools.wraps(test)
+    def wrapper(*args, tmp_path, **kwargs):
+        try:
+            return test(*args, tmp_path=tmp_path, **kwargs)
+        except AssertionError as exc:
+            if GLOO_ABORT not in str(exc):
+                raise
+            retry = tmp_path / "gloo-retry"
+            retry.mkdir()
+            return test(*args, tmp_path=retry, **kwargs)
+
+    return wrapper
 
 
 def _close(a: dict, b: dict, atol: float = 1e-5) -> None:
@@ -24,6 +44,7 @@ def _close(a: dict, b: dict, atol: float = 1e-5) -> None:
 
 
 @pytest.mark.parametrize("model", ["char_rnn", "gpt2"])
+@gloo_retry
 def test_two_processes_equal_one(make_recipe, tmp_path, model):
     extra = ["--set", "model.dropout=0.0", "--set", "train.max_steps=12", "--set", "eval.interval=6"]
     if model == "gpt2":
@@ -65,6 +86,7 @@ def test_ranks_read_the_single_process_batch_exactly_once(sampling, stateful, wo
         assert len(torch.unique(tokens)) == len(tokens) == task.steps_per_epoch() * 8 * 10
 
 
+@gloo_retry
 def test_a_killed_worker_restarts_and_resumes_exactly(make_recipe, tmp_path):
     recipe = make_recipe()
     args = ["--nproc-per-node", "2", "--set", "checkpoint.interval=5", "--set", "eval.interval=0"]
@@ -87,6 +109,7 @@ def test_a_failing_rank_ends_the_job_with_its_error(make_recipe, tmp_path):
     assert time.monotonic() - start < 90
 
 
+@gloo_retry
 def test_recurrent_run_refuses_another_world_size(make_recipe, tmp_path):
     recipe = make_recipe()
     two = zoo_subprocess("train", recipe, "--nproc-per-node", "2", "--set", "train.max_steps=10", cwd=tmp_path,
@@ -96,6 +119,7 @@ def test_recurrent_run_refuses_another_world_size(make_recipe, tmp_path):
     assert one.returncode == 2 and "resumes only with the same number (not 1)" in one.stderr
 
 
+@gloo_retry
 def test_sigterm_on_the_launcher_checkpoints_every_rank_and_resumes(make_recipe, tmp_path):
     import os
     import signal
@@ -124,6 +148,7 @@ def test_sigterm_on_the_launcher_checkpoints_every_rank_and_resumes(make_recipe,
     assert read_summary(run)["step"] == stopped + 3
 
 
+@gloo_retry
 def test_attention_run_resumes_on_another_world_size(make_recipe, tmp_path):
     recipe = REPO / "recipes" / "gpt2_shakespeare_char.toml"
     toy = ["--set", f"data.source={make_recipe().parent / 'tiny.txt'}", "--set", "model.size=gpt2-micro",
