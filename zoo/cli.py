@@ -155,7 +155,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
     from zoo.dist import environment, resolve_device
     from zoo.runs import load_run
-    from zoo.tasks.classify import pad
+    from zoo.tasks.classify import pad, pad_id_for
 
     device = resolve_device(args.device, environment())
     run = load_run(args.run, args.checkpoint, device)
@@ -173,7 +173,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         raise ZooError("give a text to classify, or --file with one message a line")
     labels = run.recipe.task.labels
     limit = run.recipe.task.max_length or run.model.max_seq_len
-    pad_id = 50256 if run.tokenizer.kind == "gpt2" else 0
+    pad_id = pad_id_for(run.tokenizer.kind)
     out = []
     with torch.no_grad():
         for start in range(0, len(texts), 32):

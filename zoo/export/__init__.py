@@ -10,9 +10,8 @@ from pathlib import Path
 import torch
 
 from zoo.errors import ZooError
+from zoo.models.gpt2 import CONV1D
 from zoo.runs import load_run, read_summary
-
-CONV1D = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
 
 
 def _transformers():

@@ -210,6 +210,12 @@ def wrap(config: ClassifyTaskConfig, backbone: nn.Module) -> Classifier:
 
 
 # ------------------------------------------------------------------------------------------------ task
+def pad_id_for(tokenizer_kind: str) -> int:
+    """The id padding uses: GPT-2's <|endoftext|> (as the book and GPT2ForSequenceClassification do), else 0.
+    Padding never reaches the head, which reads each row's last real token."""
+    return 50256 if tokenizer_kind == "gpt2" else 0
+
+
 def pad(examples: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-pad to the longest example: ids [B, T], labels [B], lengths [B]."""
     longest = max(len(ids) for ids, _ in examples)
@@ -301,7 +307,7 @@ def metrics_for(labels: tuple[str, ...], positive: str, sums: dict[str, float]) 
 
 
 def build(config: ClassifyTaskConfig, recipe, data: Examples, model: Classifier) -> ClassifyTask:
-    tokenizer_pad = 50256 if recipe.data.tokenizer == "gpt2" else 0
+    tokenizer_pad = pad_id_for(recipe.data.tokenizer)
     max_len = config.max_length or model.max_seq_len
     return ClassifyTask(config, data, batch_size=recipe.train.batch_size, seed=recipe.run.seed, pad_id=tokenizer_pad,
                         eval_batch_size=recipe.eval.batch_size, max_len=max_len)
