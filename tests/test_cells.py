@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from zoo.models import cells
 from zoo.models.cells import ScratchRNN
 
 TORCH = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -29,10 +30,28 @@ def _pair(cell: str, layers: int, hidden: int, inputs: int):
     return ref, mine
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.fixture(params=["cpp", "python"])
+def lstm_loop(request, monkeypatch):
+    """Runs a test with the C++ LSTM loop and with the Python one (the fallback where no compiler exists)."""
+    monkeypatch.setenv("ZOO_CELLS_LOOP", request.param)
+    if request.param == "cpp":
+        try:
+            cells.compiled_loops()
+        except Exception as exc:
+            pytest.skip(f"the C++ LSTM loop cannot be built here: {exc}")
+    return request.param
+
+
+CELL_LOOPS = [("lstm", "cpp"), ("lstm", "python"), ("gru", "python"), ("rnn", "python")]
+
+
+@pytest.mark.parametrize("cell,loop", CELL_LOOPS)
 @pytest.mark.parametrize("layers,hidden,batch,steps,inputs", CASES)
 @pytest.mark.parametrize("with_state", [False, True])
-def test_matches_torch_nn(cell, layers, hidden, batch, steps, inputs, with_state):
+def test_matches_torch_nn(cell, loop, layers, hidden, batch, steps, inputs, with_state, monkeypatch):
+    monkeypatch.setenv("ZOO_CELLS_LOOP", loop)
+    if loop == "cpp" and cells.compiled_loops() is None:
+        pytest.skip("the C++ LSTM loop cannot be built here")
     ref, mine = _pair(cell, layers, hidden, inputs)
     x = torch.randn(batch, steps, inputs)
     state = None
@@ -73,7 +92,7 @@ def test_matches_torch_nn(cell, layers, hidden, batch, steps, inputs, with_state
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_only_the_outputs_or_only_the_state_carry_gradient(cell):
+def test_only_the_outputs_or_only_the_state_carry_gradient(cell, lstm_loop):
     ref, mine = _pair(cell, 2, 8, 4)
     x = torch.randn(2, 6, 4)
     for use in ("out", "state"):
@@ -100,6 +119,59 @@ def test_dropout_between_layers_only_in_training():
     assert not torch.allclose(a, c)
 
 
+def test_graphs_alive_at_once_keep_their_own_buffers(lstm_loop):
+    """Two forward passes before either backward (as with gradient accumulation over kept graphs): the C++
+    loop reuses buffers between calls, and must never reuse one that a live graph still holds."""
+    ref, mine = _pair("lstm", 2, 24, 6)
+    xs = [torch.randn(3, 9, 6), torch.randn(5, 4, 6)]
+    outs, grads = [], []
+    for module in (ref, mine):
+        outs.append([module(x)[0] for x in xs])
+        for out, w in zip(outs[-1], (1.0, -2.0), strict=True):
+            (w * out.square()).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in module.named_parameters()})
+    for a, b in zip(outs[1], outs[0], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-5, msg=name)
+    with torch.no_grad():  # and outputs handed out earlier stay as they were
+        first = mine(xs[0])[0].clone()
+        kept = mine(xs[0])[0]
+        mine(xs[1])
+        mine(torch.randn(7, 11, 6))
+        assert torch.equal(kept, first)
+
+
+def test_without_a_compiler_the_python_loop_takes_over(monkeypatch, capsys):
+    from torch.utils import cpp_extension
+
+    from zoo.errors import ZooError
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Ninja is required to load C++ extensions\nmore detail")
+
+    monkeypatch.setattr(cells, "_LOOPS", None)
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    monkeypatch.setenv("ZOO_CELLS_LOOP", "cpp")
+    with pytest.raises(ZooError, match="could not build the C\\+\\+ LSTM loop \\(Ninja is required"):
+        cells.compiled_loops()
+    monkeypatch.setenv("ZOO_CELLS_LOOP", "auto")
+    assert cells.compiled_loops() is None
+    err = capsys.readouterr().err
+    assert "using the Python LSTM time loop" in err and "Ninja is required" in err and "more detail" not in err
+    ref, mine = _pair("lstm", 1, 8, 3)  # and the cells still work, through the Python loop
+    x = torch.randn(2, 4, 3)
+    torch.testing.assert_close(mine(x)[0], ref(x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_bad_loop_choice_is_a_clear_error(monkeypatch):
+    from zoo.errors import ZooError
+
+    monkeypatch.setenv("ZOO_CELLS_LOOP", "fast")
+    with pytest.raises(ZooError, match="ZOO_CELLS_LOOP must be auto, cpp or python"):
+        cells.compiled_loops()
+
+
 def test_cells_use_no_torch_recurrent_kernels():
     source = (Path(__file__).resolve().parent.parent / "zoo" / "models" / "cells.py").read_text()
     names = {n.attr for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Attribute)}
@@ -107,6 +179,9 @@ def test_cells_use_no_torch_recurrent_kernels():
     forbidden = {"LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "_VF", "lstm_cell", "gru_cell", "lstm",
                  "gru", "rnn_tanh"}
     assert not names & forbidden, names & forbidden
+    loop = (Path(__file__).resolve().parent.parent / "zoo" / "models" / "cells_loop.cpp").read_text()
+    for name in ("at::lstm", "at::gru", "at::rnn", "_cell(", "mkldnn_rnn", "cudnn"):
+        assert name not in loop, name
 
 
 @pytest.mark.parametrize("recipe", ["lstm_scratch_shakespeare", "gru_scratch_shakespeare"])

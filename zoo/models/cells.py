@@ -4,11 +4,13 @@ Parameters are named and packed as in `nn.LSTM` / `nn.GRU` / `nn.RNN` (`weight_i
 `weight_hh_l{k}` [G*H, H], `bias_ih_l{k}`, `bias_hh_l{k}`; LSTM gates i, f, g, o; GRU gates r, z, n), so a
 state dict moves between `impl = "torch"` and `impl = "scratch"` unchanged.
 
-Speed comes from four things: the input projection of all timesteps is one matmul before the time loop; each
+Speed comes from five things: the input projection of all timesteps is one matmul before the time loop; each
 step is one fused gate matmul plus a few element-wise ops; each layer is a `torch.autograd.Function` with a
 hand-written backward that precomputes the chain-rule factors of all steps, runs a short reverse time loop,
 and then computes the weight gradients of all timesteps in one matmul each, instead of recording an autograd
-graph per step; and on CPU the matmuls go through oneDNN, the library behind nn.LSTM's own CPU kernel.
+graph per step; on CPU the matmuls go through oneDNN, the library behind nn.LSTM's own CPU kernel; and on CPU
+the LSTM's time loops run in C++ (`cells_loop.cpp`, built on first use: one fused element-wise pass and one
+small GEMM call per step), with the Python loops below as the reference and the fallback.
 
 LSTM, per step (sigma = sigmoid, * = element-wise):
     i = sigma(W_ii x + b_ii + W_hi h + b_hi)      f = sigma(W_if x + b_if + W_hf h + b_hf)
@@ -24,10 +26,16 @@ RNN, per step:
 from __future__ import annotations
 
 import math
+import os
+import platform
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..errors import ZooError
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
@@ -90,65 +98,163 @@ def _grads(x, hs, d_pre, w_ih, d_pre_h=None):
     return d_x, d_w_ih, d_w_hh, flat.sum(0), flat_h.sum(0)
 
 
+# ---------------------------------------------------------------------------------- compiled loops
+_LOOPS: object = None  # torch.ops.zoo_cells once built, False once found unavailable
+
+
+def compiled_loops():
+    """The C++ build of the LSTM time loop (`cells_loop.cpp`: the Python loop's tensor ops, called from C++),
+    or None where it cannot be built. Built on first use with torch.utils.cpp_extension (about 10 s; torch
+    keeps the build in $TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions, and reuses it).
+    $ZOO_CELLS_LOOP chooses: `auto` (default: build, else fall back to the Python loop with a one-line
+    notice), `cpp` (fail if it cannot be built), `python` (never build)."""
+    global _LOOPS
+    choice = os.environ.get("ZOO_CELLS_LOOP", "auto")
+    if choice not in ("auto", "cpp", "python"):
+        raise ZooError(f"ZOO_CELLS_LOOP must be auto, cpp or python, got {choice!r}")
+    if choice == "python":
+        return None
+    if _LOOPS is None:
+        source = Path(__file__).with_name("cells_loop.cpp")
+        # one build per torch version, next to zoo's other cached files
+        cache = Path(os.environ.get("ZOO_CACHE") or Path.home() / ".cache" / "zoo")
+        folder = cache / "ext" / f"torch-{torch.__version__}"
+        try:
+            from torch.utils import cpp_extension
+
+            folder.mkdir(parents=True, exist_ok=True)
+            if not list(folder.glob("zoo_cells*.so")):
+                print("zoo: building the C++ LSTM time loop (once, about 10 s)", file=sys.stderr, flush=True)
+            cpp_extension.load(
+                "zoo_cells",
+                sources=[str(source)],
+                extra_cflags=_build_flags(), extra_ldflags=_openmp(),
+                build_directory=str(folder),
+                is_python_module=False,
+            )
+            _LOOPS = torch.ops.zoo_cells
+        except Exception as exc:  # no compiler, no ninja, a failed build: the Python loop does the same work
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if choice == "cpp":
+                raise ZooError(
+                    f"could not build the C++ LSTM loop ({reason}); set ZOO_CELLS_LOOP=auto or python"
+                ) from exc
+            print(
+                f"zoo: using the Python LSTM time loop (slower): the C++ one could not be built ({reason})",
+                file=sys.stderr,
+            )
+            _LOOPS = False
+    return _LOOPS or None
+
+
+def _build_flags() -> list[str]:
+    """-O3, OpenMP (ATen's parallel_for is an OpenMP pragma in its header) and flags that let ATen's
+    Vectorized<float> use the widest vector unit that this CPU and torch's own kernels use (AVX-512 or AVX2 on
+    x86), else its portable version."""
+    flags = ["-O3", *_openmp()]
+    capability = torch.backends.cpu.get_cpu_capability() if platform.machine().lower() in ("x86_64", "amd64") else ""
+    if capability == "AVX512":
+        flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"]
+    elif capability == "AVX2":
+        flags += ["-mavx2", "-mfma"]
+    else:
+        return flags
+    return flags + [f"-DCPU_CAPABILITY={capability}", f"-DCPU_CAPABILITY_{capability}"]
+
+
+def _openmp() -> list[str]:
+    """Linux builds of torch use GNU OpenMP; elsewhere the loop's row blocks run one after another."""
+    return ["-fopenmp"] if sys.platform.startswith("linux") else []
+
+
+def _loops_for(x: torch.Tensor):
+    """The compiled loops where they apply (CPU, float32), else None."""
+    return compiled_loops() if x.device.type == "cpu" and x.dtype == torch.float32 else None
+
+
 # The layer Functions work time-major ([T, B, features]) so each step's slice is contiguous.
 # ------------------------------------------------------------------------------------------- LSTM
-class _LSTMLayer(torch.autograd.Function):
+def _lstm_forward_loop(xp, h0, c0, rec):
+    """The forward time loop (cells_loop.cpp's `lstm_forward` runs the same ops): xp [T, B, 4H] holds the input
+    projections and biases with the g rows doubled, so one sigmoid serves all four gates. Returns the gate
+    activations [T, B, 4H], cell states [T+1, B, H] (c0 first), tanh of the cell states [T, B, H] and hidden
+    states [T+1, B, H] (h0 first)."""
     # Per-step results are kept as lists of fresh small tensors and stacked once: writing each step into a
     # slice of a large new buffer costs a page fault per touched page, which at small sizes outweighs the math.
+    acts, cells, tanh_cs, hs = [], [c0], [], [h0]
+    h, c = h0, c0
+    for t in range(xp.shape[0]):
+        a = rec(h, xp[t]).sigmoid_()
+        i, f, g, o = a.chunk(4, dim=1)
+        g.mul_(2).sub_(1)
+        c = torch.addcmul(f * c, i, g)
+        tanh_c = torch.sigmoid(2 * c).mul_(2).sub_(1)  # tanh(c), as 2 sigma(2c) - 1 like g
+        h = o * tanh_c
+        acts.append(a)
+        cells.append(c)
+        tanh_cs.append(tanh_c)
+        hs.append(h)
+    return torch.stack(acts), torch.stack(cells), torch.stack(tanh_cs), torch.stack(hs)
+
+
+def _lstm_backward_loop(factors, c_factor, f, d_out, dh, dc, rec):
+    """The reverse time loop (cells_loop.cpp's `lstm_backward` runs the same ops). Returns the pre-activation
+    gradients [T, B, 4H] and the gradients w.r.t. h0 and c0."""
+    steps, batch, _, hidden = factors.shape
+    d_pre = [None] * steps
+    for t in reversed(range(steps)):
+        if d_out is not None:
+            dh = dh + d_out[t]
+        dc = torch.addcmul(dc, dh, c_factor[t])
+        d = torch.mul(factors[t], torch.stack((dc, dc, dc, dh), dim=1)).view(batch, 4 * hidden)
+        d_pre[t] = d
+        dc = dc * f[t]
+        dh = rec(d)
+    return torch.stack(d_pre), dh, dc
+
+
+class _LSTMLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
         steps, batch, _ = x.shape
         hidden = h0.shape[1]
-        g_part = slice(2 * hidden, 3 * hidden)
-        # tanh(u) = 2 sigma(2u) - 1: with the g rows doubled, one sigmoid serves all four gates (ATen's tanh is
-        # several times slower than its sigmoid)
-        scale = torch.ones(4 * hidden, 1, dtype=x.dtype, device=x.device)
-        scale[g_part] = 2.0
-        # all timesteps' input projections (and both biases) in one matmul
-        xp = _mm_t(x.view(steps * batch, -1), w_ih * scale, (b_ih + b_hh) * scale[:, 0]).view(steps, batch, -1)
-        rec = _Recurrent(w_hh * scale, batch)
-        acts, cells, tanh_cs, hs = [], [c0], [], [h0]  # sigma(i), sigma(f), tanh(g), sigma(o); c_t; tanh(c_t); h_t
-        h, c = h0, c0
-        for t in range(steps):
-            a = rec(h, xp[t]).sigmoid_()
-            i, f, g, o = a.chunk(4, dim=1)
-            g.mul_(2).sub_(1)
-            c = torch.addcmul(f * c, i, g)
-            tanh_c = torch.tanh(c)
-            h = o * tanh_c
-            acts.append(a)
-            cells.append(c)
-            tanh_cs.append(tanh_c)
-            hs.append(h)
-        hs = torch.stack(hs)
-        ctx.save_for_backward(x, w_ih, w_hh, torch.stack(acts), torch.stack(cells[:-1]), torch.stack(tanh_cs), hs)
-        return hs[1:], h.clone(), c.clone()
+        loops = _loops_for(x)
+        if loops is not None:
+            # all timesteps' input projections (and both biases) in one matmul, then the C++ loop
+            xp = _mm_t(x.view(steps * batch, -1), w_ih, b_ih + b_hh).view(steps, batch, -1)
+            acts, cells, tanh_c, hs = loops.lstm_forward(xp, h0, c0, w_hh.t().contiguous())
+        else:
+            # tanh(u) = 2 sigma(2u) - 1: with the g rows doubled, one sigmoid serves all four gates (ATen's tanh
+            # is several times slower than its sigmoid)
+            scale = torch.ones(4 * hidden, 1, dtype=x.dtype, device=x.device)
+            scale[2 * hidden : 3 * hidden] = 2.0
+            xp = _mm_t(x.view(steps * batch, -1), w_ih * scale, (b_ih + b_hh) * scale[:, 0]).view(steps, batch, -1)
+            rec = _Recurrent(w_hh * scale, batch)
+            acts, cells, tanh_c, hs = _lstm_forward_loop(xp, h0, c0, rec)
+        ctx.save_for_backward(x, w_ih, w_hh, acts, cells[:-1], tanh_c, hs)
+        return hs[1:], hs[steps].clone(), cells[steps].clone()
 
     @staticmethod
     def backward(ctx, d_out, d_hn, d_cn):
         x, w_ih, w_hh, acts, c_prev, tanh_c, hs = ctx.saved_tensors
         steps, batch, four_h = acts.shape
         hidden = four_h // 4
-        # the chain-rule factors of all steps at once:
-        #   d_i = dc * g i(1-i)   d_f = dc * c_prev f(1-f)   d_g = dc * i (1-g^2)   d_o = dh * tanh(c) o(1-o)
-        #   dc_t = dc_{t+1} f_{t+1} + dh * o (1 - tanh(c)^2)
-        i, f, g, o = acts.chunk(4, dim=2)
-        factors = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)], 2)
-        c_factor = o * (1 - tanh_c * tanh_c)
-        f = f.contiguous()
-        rec = _Recurrent(w_hh.t(), batch)
-        d_pre = [None] * steps
         dh = d_hn if d_hn is not None else x.new_zeros(batch, hidden)
         dc = d_cn if d_cn is not None else x.new_zeros(batch, hidden)
-        for t in reversed(range(steps)):
-            if d_out is not None:
-                dh = dh + d_out[t]
-            dc = torch.addcmul(dc, dh, c_factor[t])
-            d = torch.mul(factors[t], torch.stack((dc, dc, dc, dh), dim=1)).view(batch, four_h)
-            d_pre[t] = d
-            dc = dc * f[t]
-            dh = rec(d)
-        d_x, d_w_ih, d_w_hh, d_b, _ = _grads(x, hs, torch.stack(d_pre), w_ih)
+        d_out = d_out.contiguous() if d_out is not None else None
+        loops = _loops_for(x)
+        if loops is not None:
+            d_pre, dh, dc = loops.lstm_backward(acts, c_prev, tanh_c, d_out, dh, dc, w_hh.contiguous())
+        else:
+            # the chain-rule factors of all steps at once:
+            #   d_i = dc * g i(1-i)   d_f = dc * c_prev f(1-f)   d_g = dc * i (1-g^2)   d_o = dh * tanh(c) o(1-o)
+            #   dc_t = dc_{t+1} f_{t+1} + dh * o (1 - tanh(c)^2)
+            i, f, g, o = acts.chunk(4, dim=2)
+            factors = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)], 2)
+            c_factor = o * (1 - tanh_c * tanh_c)
+            rec = _Recurrent(w_hh.t(), batch)
+            d_pre, dh, dc = _lstm_backward_loop(factors, c_factor, f.contiguous(), d_out, dh, dc, rec)
+        d_x, d_w_ih, d_w_hh, d_b, _ = _grads(x, hs, d_pre, w_ih)
         return d_x, dh, dc, d_w_ih, d_w_hh, d_b, d_b
 
 
