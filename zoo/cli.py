@@ -251,10 +251,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from zoo.export import export_hf
+    from zoo.export import export_hf, push_to_hub
 
     out = export_hf(args.run, args.out, args.checkpoint)
     print(f"exported {args.run} to {out}")
+    if args.push_to_hub:
+        url = push_to_hub(out, args.push_to_hub, private=args.private)
+        print(f"pushed {out} to {url}")
     return 0
 
 
@@ -352,10 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the commands, train nothing")
     p.set_defaults(func=_cmd_sweep)
 
-    p = sub.add_parser("export-hf", help="export a GPT-2 run as a Hugging Face transformers folder")
+    p = sub.add_parser("export-hf", help="export a run as a Hugging Face transformers folder (and push it)")
     p.add_argument("run")
     p.add_argument("out")
     p.add_argument("--checkpoint", default="best", help="best, latest or step-N")
+    p.add_argument("--push-to-hub", metavar="USER/NAME", help="then upload the folder to this Hub repository")
+    p.add_argument("--private", action="store_true", help="create the Hub repository as private")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("recipes", help="list the shipped recipes")

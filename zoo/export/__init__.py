@@ -1,6 +1,11 @@
-"""Hugging Face export: `zoo export-hf RUN OUT`. GPT-2 language models go to the native `GPT2LMHeadModel`
-layout and GPT-2 (BPE) classifiers to `GPT2ForSequenceClassification` (no remote code); the other models are
-not exported yet and are refused with a reason."""
+"""Hugging Face export: `zoo export-hf RUN OUT [--push-to-hub REPO]`.
+
+GPT-2 language models go to the native `GPT2LMHeadModel` layout and GPT-2 classifiers to
+`GPT2ForSequenceClassification` (no remote code). Char-RNNs (torch.nn or from-scratch cells) go out with their
+own configuration and modelling code (`zoo/export/remote/`, copied into the folder and named in config.json's
+`auto_map`), loadable with `trust_remote_code=True` and needing only torch and transformers. Tokenizers go
+along: GPT-2 BPE, or the character vocabulary as a `tokenizers`-backed fast tokenizer. Only safetensors,
+JSON, the modelling code and a model card are written."""
 
 from __future__ import annotations
 
@@ -33,17 +38,36 @@ def gpt2_tokenizer(transformers):
                                       bos_token="<|endoftext|>", unk_token="<|endoftext|>")
 
 
-def char_tokenizer(transformers, chars: list[str]):
-    """A character vocabulary as a `tokenizers`-backed fast tokenizer (every character its own token)."""
+PAD = "<pad>"
+
+
+def char_tokenizer(transformers, chars: list[str], pad: bool = False):
+    """A character vocabulary as a `tokenizers`-backed fast tokenizer (every character its own token).
+    Characters outside the vocabulary become a space (or the first character), as in `zoo classify`; with
+    `pad`, a padding token gets the id after the vocabulary."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    unk = "<unk>"
+    unk = " " if " " in chars else chars[0]
     vocab = {c: i for i, c in enumerate(chars)}
-    vocab[unk] = len(chars)
+    if pad:
+        vocab[PAD] = len(chars)
     tok = Tokenizer(models.WordLevel(vocab, unk_token=unk))
     tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
     tok.decoder = decoders.Fuse()
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=unk)
+    # the fallback character is not declared as an unk *special* token: decoding would drop it from text
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, **({"pad_token": PAD} if pad else {}))
+
+
+def _tokenizer(transformers, run, classifier: bool):
+    if run.tokenizer.kind == "gpt2":
+        return gpt2_tokenizer(transformers)
+    return char_tokenizer(transformers, run.tokenizer.chars, pad=classifier)
+
+
+def _labels(run, pad_token_id: int) -> dict:
+    labels = run.recipe.task.labels
+    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)}, "pad_token_id": pad_token_id}
 
 
 def export_gpt2(run, out: Path) -> None:
@@ -55,10 +79,12 @@ def export_gpt2(run, out: Path) -> None:
     cfg = model.config
     vocab = model.vocab_size
     extra = {}
+    char_pad = classifier and run.tokenizer.kind != "gpt2"
     if classifier:
-        labels = run.recipe.task.labels
-        extra = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-                 "label2id": {name: i for i, name in enumerate(labels)}, "pad_token_id": 50256}
+        # GPT2ForSequenceClassification reads the last token that is not padding: with characters, padding gets
+        # its own id after the vocabulary (an all-zero embedding row), so no real character is mistaken for it
+        extra = _labels(run, 50256 if run.tokenizer.kind == "gpt2" else vocab)
+        vocab += char_pad
     config = transformers.GPT2Config(
         vocab_size=vocab, n_positions=model.max_seq_len, n_embd=model.d_model, n_layer=model.n_layer,
         n_head=model.n_head, activation_function="gelu_new", resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
@@ -74,6 +100,9 @@ def export_gpt2(run, out: Path) -> None:
         state[key] = tensor.t().contiguous() if name.endswith(CONV1D) else tensor
     if classifier:
         state["score.weight"] = run.model.score.weight.detach()
+    if char_pad:
+        wte = state["transformer.wte.weight"]
+        state["transformer.wte.weight"] = torch.cat([wte, wte.new_zeros(1, wte.shape[1])])
     if not cfg.qkv_bias:  # HF's GPT-2 always has a qkv bias: zeros compute the same thing
         for i in range(model.n_layer):
             state[f"transformer.h.{i}.attn.c_attn.bias"] = torch.zeros(3 * model.d_model)
@@ -89,36 +118,85 @@ def export_gpt2(run, out: Path) -> None:
     if not classifier:
         hf.generation_config.pad_token_id = config.eos_token_id
     hf.save_pretrained(out)
-    tok = gpt2_tokenizer(transformers) if run.tokenizer.kind == "gpt2" else char_tokenizer(transformers,
-                                                                                          run.tokenizer.chars)
-    tok.save_pretrained(out)
+    _tokenizer(transformers, run, classifier).save_pretrained(out)
 
 
-def model_card(run, out: Path, kind: str) -> None:
+def export_rnn(run, out: Path) -> None:
+    """Write a char-RNN run (language model or classifier) with zoo's remote code: ZooRNNForCausalLM or
+    ZooRNNForSequenceClassification, loadable with trust_remote_code=True."""
+    transformers = _transformers()
+    from zoo.export.remote.configuration_zoo_rnn import ZooRNNConfig
+    from zoo.export.remote.modeling_zoo_rnn import ZooRNNForCausalLM, ZooRNNForSequenceClassification
+
+    classifier = run.recipe.task.kind == "classify"
+    model = run.model.backbone if classifier else run.model
+    cfg = model.config
+    cls = ZooRNNForSequenceClassification if classifier else ZooRNNForCausalLM
+    config = ZooRNNConfig(
+        vocab_size=model.vocab_size, cell=cfg.cell, impl=cfg.impl, input=cfg.input, embedding_dim=cfg.embedding_dim,
+        hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, dropout=cfg.dropout,
+        tie_word_embeddings=cfg.tie_weights and not classifier, architectures=[cls.__name__],
+        **(_labels(run, model.vocab_size) if classifier else {}))
+    ZooRNNConfig.register_for_auto_class()
+    cls.register_for_auto_class("AutoModelForSequenceClassification" if classifier else "AutoModelForCausalLM")
+    hf = cls(config)
+    state = {k: v for k, v in model.state_dict().items() if not (classifier and k.startswith("lm_head."))}
+    if classifier:
+        state["score.weight"] = run.model.score.weight.detach()
+    result = hf.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ZooError(f"cannot export: the exported model lacks {result.unexpected_keys[:5]} "
+                       f"or expects {result.missing_keys[:5]}")
+    if not classifier and cfg.tie_weights and hf.lm_head.weight is not hf.embedding.weight:
+        raise ZooError("cannot export: transformers did not tie the LM head to the embedding")
+    hf.save_pretrained(out)
+    _tokenizer(transformers, run, classifier).save_pretrained(out)
+
+
+def _architecture(run) -> str:
+    model = getattr(run.model, "backbone", run.model)
+    if run.recipe.model.arch == "gpt2":
+        return (f"GPT-2, {model.n_layer} layers, {model.n_head} heads, width {model.d_model}, context "
+                f"{model.max_seq_len}")
+    cfg = model.config
+    cells = "torch.nn" if cfg.impl == "torch" else "zoo's from-scratch cells"
+    return (f"char-RNN, {cfg.num_layers} x {cfg.hidden_size} {cfg.cell.upper()} ({cells}), {cfg.input} input, "
+            f"dropout {cfg.dropout}")
+
+
+def model_card(run, out: Path, kind: str, remote: bool) -> None:
     summary = read_summary(run.run_dir) or {}
-    metrics = {k: summary[k] for k in ("best_val_loss", "test_loss", "tokens", "params") if k in summary}
+    metrics = {k: summary[k] for k in ("best_val_loss", "test_loss", "test_bits_per_char", "tokens", "params")
+               if k in summary}
     if "test_metrics" in summary:
         metrics.update({f"test_{k}": summary["test_metrics"][k] for k in ("accuracy", "precision", "recall", "f1")})
     recipe = (run.run_dir / "recipe.toml").read_text(encoding="utf-8")
     backbone = getattr(run.model, "backbone", run.model)
-    usage = ('pipe = pipeline("text-classification", model="PATH")\nprint(pipe("WINNER!! Claim your prize"))'
-             if run.recipe.task.kind == "classify" else
-             'pipe = pipeline("text-generation", model="PATH")\n'
-             'print(pipe("ROMEO:", max_new_tokens=50, do_sample=False)[0]["generated_text"])')
+    classify = run.recipe.task.kind == "classify"
+    trust = ", trust_remote_code=True" if remote else ""
+    example = run.recipe.task.labels[-1] if classify else "ROMEO:"
+    usage = (f'pipe = pipeline("text-classification", model="PATH"{trust})\nprint(pipe("WINNER!! Claim your prize"))'
+             if classify else
+             f'pipe = pipeline("text-generation", model="PATH"{trust})\n'
+             f'print(pipe("{example}", max_new_tokens=50, do_sample=False)[0]["generated_text"])')
+    code = ("\nThe modelling code (`configuration_zoo_rnn.py`, `modeling_zoo_rnn.py`) ships in this folder and needs "
+            "only torch and transformers; load it with `trust_remote_code=True`.\n" if remote else "")
     text = f"""---
 library_name: transformers
-pipeline_tag: {"text-classification" if run.recipe.task.kind == "classify" else "text-generation"}
+pipeline_tag: {"text-classification" if classify else "text-generation"}
+license: mit
 ---
 # {run.run_dir.name}
 
-A {kind} trained with [zoo](https://pypi.org/project/zoo/) (`zoo train`), exported with `zoo export-hf`.
+A {kind} trained with zoo (`zoo train`), exported with `zoo export-hf`.
 
-- Architecture: GPT-2, {backbone.n_layer} layers, {backbone.n_head} heads, width {backbone.d_model}, context
-  {backbone.max_seq_len}, vocabulary {backbone.vocab_size} ({run.tokenizer.kind} tokenizer)
+- Architecture: {_architecture(run)}; vocabulary {backbone.vocab_size} ({run.tokenizer.kind} tokenizer)
 - Parameters: {summary.get('params', 'n/a'):,}
-- Data: `{run.recipe.data.source}`
-- Metrics (nats per token): {json.dumps(metrics)}
-
+- Data: `{run.recipe.data.source}`{f" (labels: {', '.join(run.recipe.task.labels)})" if classify else ""}
+- Metrics (losses in nats per token): {json.dumps(metrics)}
+- Licence: the weights are released under MIT; the training data keeps its own licence (see zoo's
+  data provenance notes).
+{code}
 ```python
 from transformers import pipeline
 {usage}
@@ -131,15 +209,49 @@ from transformers import pipeline
     (out / "README.md").write_text(text, encoding="utf-8")
 
 
+def push_to_hub(out: Path, repo_id: str, private: bool = False) -> str:
+    """Upload an exported folder to the Hugging Face Hub; returns the repository's URL. Needs a network and a
+    token (`hf auth login` or $HF_TOKEN)."""
+    try:
+        from huggingface_hub import HfApi
+    except ImportError:
+        raise ZooError("--push-to-hub needs huggingface_hub: pip install 'zoo[hf]'") from None
+    api = HfApi()
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(out), repo_id=repo_id, commit_message="Upload from zoo export-hf")
+    except Exception as exc:  # offline, no token, no permission: the export itself is done and kept
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ZooError(f"could not push {out} to the Hub as {repo_id} ({type(exc).__name__}: {reason}); the "
+                       f"export is complete: check the network and your token (hf auth login, or HF_TOKEN) and "
+                       f"run the command again, or upload the folder with `hf upload {repo_id} {out}`") from None
+    return str(url)
+
+
 def export_hf(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best") -> Path:
     """Export a run to a Hugging Face folder; returns the folder."""
     run = load_run(run_dir, checkpoint)
     out = Path(out_dir)
     kind = run.recipe.task.kind
-    if run.recipe.model.arch == "gpt2" and (kind == "lm" or (kind == "classify" and run.tokenizer.kind == "gpt2")):
-        out.mkdir(parents=True, exist_ok=True)
-        export_gpt2(run, out)
-        model_card(run, out, "GPT-2 language model" if kind == "lm" else "GPT-2 sequence classifier")
-        return out
-    raise ZooError(f"zoo export-hf supports GPT-2 language models and GPT-2 (BPE) classifiers so far; {run_dir} is "
-                   f"a {run.recipe.model.arch} {kind} run with a {run.tokenizer.kind} tokenizer")
+    arch = run.recipe.model.arch
+    what = "language model" if kind == "lm" else "sequence classifier"
+    if arch not in ("gpt2", "char_rnn") or kind not in ("lm", "classify"):
+        raise ZooError(f"zoo export-hf exports GPT-2 and char-RNN language models and classifiers; {run_dir} is a "
+                       f"{arch} {kind} run")
+    if out.exists() and any(out.iterdir()) and not (out / "config.json").exists():
+        raise ZooError(f"{out} exists and holds other files; choose a new folder or an earlier export's folder")
+    out.mkdir(parents=True, exist_ok=True)
+    logging = _transformers().utils.logging
+    bars = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()  # transformers' "Writing model shards" bars say nothing here
+    try:
+        if arch == "gpt2":
+            export_gpt2(run, out)
+            model_card(run, out, f"GPT-2 {what}", remote=False)
+        else:
+            export_rnn(run, out)
+            model_card(run, out, f"char-RNN {what}", remote=True)
+    finally:
+        if bars:
+            logging.enable_progress_bar()
+    return out
