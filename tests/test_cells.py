@@ -164,6 +164,25 @@ def test_without_a_compiler_the_python_loop_takes_over(monkeypatch, capsys):
     torch.testing.assert_close(mine(x)[0], ref(x)[0], rtol=1e-5, atol=1e-5)
 
 
+def test_a_build_that_disagrees_is_not_used(monkeypatch):
+    monkeypatch.setenv("ZOO_CELLS_LOOP", "auto")
+    real = cells.compiled_loops()
+    if real is None:
+        pytest.skip("the C++ LSTM loop cannot be built here")
+    cells._check_loops(real)
+
+    class Off:  # a forward that is slightly wrong, as a miscompiled kernel would be
+        lstm_backward = real.lstm_backward
+
+        @staticmethod
+        def lstm_forward(*args):
+            acts, *rest = real.lstm_forward(*args)
+            return [acts + 1e-3, *rest]
+
+    with pytest.raises(RuntimeError, match="disagrees with the Python loop"):
+        cells._check_loops(Off)
+
+
 def test_a_bad_loop_choice_is_a_clear_error(monkeypatch):
     from zoo.errors import ZooError
 

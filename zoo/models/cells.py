@@ -103,11 +103,12 @@ _LOOPS: object = None  # torch.ops.zoo_cells once built, False once found unavai
 
 
 def compiled_loops():
-    """The C++ build of the LSTM time loop (`cells_loop.cpp`: the Python loop's tensor ops, called from C++),
-    or None where it cannot be built. Built on first use with torch.utils.cpp_extension (about 10 s; torch
-    keeps the build in $TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions, and reuses it).
-    $ZOO_CELLS_LOOP chooses: `auto` (default: build, else fall back to the Python loop with a one-line
-    notice), `cpp` (fail if it cannot be built), `python` (never build)."""
+    """The C++ LSTM time loops (`cells_loop.cpp`, the same equations as the Python loops below) as
+    `torch.ops.zoo_cells`, or None where they cannot be used. Built on first use with torch.utils.cpp_extension
+    (about 10 s), kept per torch version in $ZOO_CACHE/ext (default ~/.cache/zoo/ext) and reused; a build
+    that disagrees with the Python loop on a small check is not used. $ZOO_CELLS_LOOP chooses: `auto`
+    (default: build, else fall back to the Python loop with a one-line notice), `cpp` (fail if it cannot be
+    built), `python` (never build)."""
     global _LOOPS
     choice = os.environ.get("ZOO_CELLS_LOOP", "auto")
     if choice not in ("auto", "cpp", "python"):
@@ -128,10 +129,12 @@ def compiled_loops():
             cpp_extension.load(
                 "zoo_cells",
                 sources=[str(source)],
-                extra_cflags=_build_flags(), extra_ldflags=_openmp(),
+                extra_cflags=_build_flags(),
+                extra_ldflags=_openmp(),
                 build_directory=str(folder),
                 is_python_module=False,
             )
+            _check_loops(torch.ops.zoo_cells)
             _LOOPS = torch.ops.zoo_cells
         except Exception as exc:  # no compiler, no ninja, a failed build: the Python loop does the same work
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -145,6 +148,29 @@ def compiled_loops():
             )
             _LOOPS = False
     return _LOOPS or None
+
+
+def _check_loops(ops) -> None:
+    """Run the built forward and backward loops once against the Python ones on a small random layer
+    (a CPU whose instructions the build or its GEMM kernel cannot use would fail or disagree here)."""
+    gen = torch.Generator().manual_seed(0)
+    steps, batch, hidden = 3, 5, 12
+    xp, w = torch.randn(steps, batch, 4 * hidden, generator=gen), torch.randn(4 * hidden, hidden, generator=gen)
+    h0, c0 = torch.randn(batch, hidden, generator=gen), torch.randn(batch, hidden, generator=gen)
+    scale = torch.ones(4 * hidden, 1)
+    scale[2 * hidden : 3 * hidden] = 2.0
+    built = ops.lstm_forward(xp, h0, c0, w.t().contiguous())
+    reference = _lstm_forward_loop(xp * scale[:, 0], h0, c0, _Recurrent(w * scale, batch))
+    d_out = torch.randn(steps, batch, hidden, generator=gen)
+    acts, cells, tanh_c = reference[0], reference[1], reference[2]
+    i, f, g, o = acts.chunk(4, dim=2)
+    factors = torch.stack([g * i * (1 - i), cells[:-1] * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)], 2)
+    expected = _lstm_backward_loop(factors, o * (1 - tanh_c * tanh_c), f.contiguous(), d_out, h0, c0,
+                                   _Recurrent(w.t(), batch))
+    got = ops.lstm_backward(acts, cells[:-1].contiguous(), tanh_c, d_out, h0, c0, w.contiguous())
+    for a, b in zip([*built, *got], [*reference, *expected], strict=True):
+        if not torch.allclose(a, b, rtol=1e-4, atol=1e-4):
+            raise RuntimeError("the built loop disagrees with the Python loop")
 
 
 def _build_flags() -> list[str]:
