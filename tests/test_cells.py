@@ -30,15 +30,20 @@ def _pair(cell: str, layers: int, hidden: int, inputs: int):
     return ref, mine
 
 
-@pytest.fixture(params=["cpp", "python"])
-def lstm_loop(request, monkeypatch):
-    """Runs a test with the C++ LSTM loop and with the Python one (the fallback where no compiler exists)."""
-    monkeypatch.setenv("ZOO_CELLS_LOOP", request.param)
-    if request.param == "cpp":
+def use_loop(monkeypatch, loop: str) -> None:
+    """Choose the LSTM time loop for this test; skip where the C++ one cannot be built."""
+    monkeypatch.setenv("ZOO_CELLS_LOOP", loop)
+    if loop == "cpp":
         try:
             cells.compiled_loops()
         except Exception as exc:
             pytest.skip(f"the C++ LSTM loop cannot be built here: {exc}")
+
+
+@pytest.fixture(params=["cpp", "python"])
+def lstm_loop(request, monkeypatch):
+    """Runs a test with the C++ LSTM loop and with the Python one (the fallback where no compiler exists)."""
+    use_loop(monkeypatch, request.param)
     return request.param
 
 
@@ -49,9 +54,7 @@ CELL_LOOPS = [("lstm", "cpp"), ("lstm", "python"), ("gru", "python"), ("rnn", "p
 @pytest.mark.parametrize("layers,hidden,batch,steps,inputs", CASES)
 @pytest.mark.parametrize("with_state", [False, True])
 def test_matches_torch_nn(cell, loop, layers, hidden, batch, steps, inputs, with_state, monkeypatch):
-    monkeypatch.setenv("ZOO_CELLS_LOOP", loop)
-    if loop == "cpp" and cells.compiled_loops() is None:
-        pytest.skip("the C++ LSTM loop cannot be built here")
+    use_loop(monkeypatch, loop)
     ref, mine = _pair(cell, layers, hidden, inputs)
     x = torch.randn(batch, steps, inputs)
     state = None

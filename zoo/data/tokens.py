@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo import __version__
+from zoo import __version__, cache_home
 from zoo.errors import DataError
 from zoo.tokenizers import Gpt2Tokenizer
 
@@ -31,8 +31,8 @@ LOCAL_FORMATS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "json
 
 
 def cache_root() -> Path:
-    """Where token files live: $ZOO_CACHE, else ~/.cache/zoo."""
-    return Path(os.environ.get("ZOO_CACHE") or Path.home() / ".cache" / "zoo") / "tokens"
+    """Where token files live: the `tokens` folder of zoo's cache."""
+    return cache_home() / "tokens"
 
 
 def local_files(source: str) -> list[Path]:

@@ -174,11 +174,10 @@ def model_card(run, out: Path, kind: str, remote: bool) -> None:
     backbone = getattr(run.model, "backbone", run.model)
     classify = run.recipe.task.kind == "classify"
     trust = ", trust_remote_code=True" if remote else ""
-    example = run.recipe.task.labels[-1] if classify else "ROMEO:"
     usage = (f'pipe = pipeline("text-classification", model="PATH"{trust})\nprint(pipe("WINNER!! Claim your prize"))'
              if classify else
              f'pipe = pipeline("text-generation", model="PATH"{trust})\n'
-             f'print(pipe("{example}", max_new_tokens=50, do_sample=False)[0]["generated_text"])')
+             f'print(pipe("ROMEO:", max_new_tokens=50, do_sample=False)[0]["generated_text"])')
     code = ("\nThe modelling code (`configuration_zoo_rnn.py`, `modeling_zoo_rnn.py`) ships in this folder and needs "
             "only torch and transformers; load it with `trust_remote_code=True`.\n" if remote else "")
     text = f"""---

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import cache_home
 from ..errors import ZooError
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -117,9 +118,7 @@ def compiled_loops():
         return None
     if _LOOPS is None:
         source = Path(__file__).with_name("cells_loop.cpp")
-        # one build per torch version, next to zoo's other cached files
-        cache = Path(os.environ.get("ZOO_CACHE") or Path.home() / ".cache" / "zoo")
-        folder = cache / "ext" / f"torch-{torch.__version__}"
+        folder = cache_home() / "ext" / f"torch-{torch.__version__}"  # one build per torch version
         try:
             from torch.utils import cpp_extension
 
@@ -157,17 +156,12 @@ def _check_loops(ops) -> None:
     steps, batch, hidden = 3, 5, 12
     xp, w = torch.randn(steps, batch, 4 * hidden, generator=gen), torch.randn(4 * hidden, hidden, generator=gen)
     h0, c0 = torch.randn(batch, hidden, generator=gen), torch.randn(batch, hidden, generator=gen)
-    scale = torch.ones(4 * hidden, 1)
-    scale[2 * hidden : 3 * hidden] = 2.0
-    built = ops.lstm_forward(xp, h0, c0, w.t().contiguous())
-    reference = _lstm_forward_loop(xp * scale[:, 0], h0, c0, _Recurrent(w * scale, batch))
     d_out = torch.randn(steps, batch, hidden, generator=gen)
-    acts, cells, tanh_c = reference[0], reference[1], reference[2]
-    i, f, g, o = acts.chunk(4, dim=2)
-    factors = torch.stack([g * i * (1 - i), cells[:-1] * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)], 2)
-    expected = _lstm_backward_loop(factors, o * (1 - tanh_c * tanh_c), f.contiguous(), d_out, h0, c0,
-                                   _Recurrent(w.t(), batch))
-    got = ops.lstm_backward(acts, cells[:-1].contiguous(), tanh_c, d_out, h0, c0, w.contiguous())
+    built = ops.lstm_forward(xp, h0, c0, w.t().contiguous())
+    reference = _lstm_forward_loop(xp, h0, c0, w.t().contiguous())
+    acts, cells, tanh_c, _ = reference
+    backward_args = (acts, cells[:-1].contiguous(), tanh_c, d_out, h0, c0, w)
+    got, expected = ops.lstm_backward(*backward_args), _lstm_backward_loop(*backward_args)
     for a, b in zip([*built, *got], [*reference, *expected], strict=True):
         if not torch.allclose(a, b, rtol=1e-4, atol=1e-4):
             raise RuntimeError("the built loop disagrees with the Python loop")
@@ -198,13 +192,20 @@ def _loops_for(x: torch.Tensor):
     return compiled_loops() if x.device.type == "cpu" and x.dtype == torch.float32 else None
 
 
-# The layer Functions work time-major ([T, B, features]) so each step's slice is contiguous.
+# The layer Functions work time-major ([T, B, features]) so each step's slice is contiguous. The Python loops
+# take the same arguments and return the same results as cells_loop.cpp's.
 # ------------------------------------------------------------------------------------------- LSTM
-def _lstm_forward_loop(xp, h0, c0, rec):
-    """The forward time loop (cells_loop.cpp's `lstm_forward` runs the same ops): xp [T, B, 4H] holds the input
-    projections and biases with the g rows doubled, so one sigmoid serves all four gates. Returns the gate
-    activations [T, B, 4H], cell states [T+1, B, H] (c0 first), tanh of the cell states [T, B, H] and hidden
-    states [T+1, B, H] (h0 first)."""
+def _lstm_forward_loop(xp, h0, c0, w_t):
+    """The forward time loop: xp [T, B, 4H] holds the input projections and both biases, w_t is W_hh
+    transposed [H, 4H]. Returns the gate activations [T, B, 4H] (sigma(i), sigma(f), tanh(g), sigma(o)), cell
+    states [T+1, B, H] (c0 first), tanh of the cell states [T, B, H] and hidden states [T+1, B, H] (h0 first)."""
+    batch, hidden = h0.shape
+    # tanh(u) = 2 sigma(2u) - 1: with the g rows doubled, one sigmoid serves all four gates (ATen's tanh is
+    # several times slower than its sigmoid)
+    scale = torch.ones(4 * hidden, dtype=xp.dtype, device=xp.device)
+    scale[2 * hidden : 3 * hidden] = 2.0
+    xp = xp * scale
+    rec = _Recurrent(w_t.t() * scale[:, None], batch)
     # Per-step results are kept as lists of fresh small tensors and stacked once: writing each step into a
     # slice of a large new buffer costs a page fault per touched page, which at small sizes outweighs the math.
     acts, cells, tanh_cs, hs = [], [c0], [], [h0]
@@ -223,16 +224,25 @@ def _lstm_forward_loop(xp, h0, c0, rec):
     return torch.stack(acts), torch.stack(cells), torch.stack(tanh_cs), torch.stack(hs)
 
 
-def _lstm_backward_loop(factors, c_factor, f, d_out, dh, dc, rec):
-    """The reverse time loop (cells_loop.cpp's `lstm_backward` runs the same ops). Returns the pre-activation
-    gradients [T, B, 4H] and the gradients w.r.t. h0 and c0."""
-    steps, batch, _, hidden = factors.shape
+def _lstm_backward_loop(acts, c_prev, tanh_c, d_out, dh, dc, w):
+    """The reverse time loop from the forward's gate activations, the cell states entering each step and tanh
+    of the cell states; d_out [T, B, H] or None; dh, dc reach the last step; w is W_hh [4H, H]. Returns the
+    pre-activation gradients [T, B, 4H] and the gradients w.r.t. h0 and c0."""
+    steps, batch, four_h = acts.shape
+    # the chain-rule factors of all steps at once:
+    #   d_i = dc * g i(1-i)   d_f = dc * c_prev f(1-f)   d_g = dc * i (1-g^2)   d_o = dh * tanh(c) o(1-o)
+    #   dc_t = dc_{t+1} f_{t+1} + dh * o (1 - tanh(c)^2)
+    i, f, g, o = acts.chunk(4, dim=2)
+    factors = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)], 2)
+    c_factor = o * (1 - tanh_c * tanh_c)
+    f = f.contiguous()
+    rec = _Recurrent(w.t(), batch)
     d_pre = [None] * steps
     for t in reversed(range(steps)):
         if d_out is not None:
             dh = dh + d_out[t]
         dc = torch.addcmul(dc, dh, c_factor[t])
-        d = torch.mul(factors[t], torch.stack((dc, dc, dc, dh), dim=1)).view(batch, 4 * hidden)
+        d = torch.mul(factors[t], torch.stack((dc, dc, dc, dh), dim=1)).view(batch, four_h)
         d_pre[t] = d
         dc = dc * f[t]
         dh = rec(d)
@@ -243,43 +253,24 @@ class _LSTMLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
         steps, batch, _ = x.shape
-        hidden = h0.shape[1]
         loops = _loops_for(x)
-        if loops is not None:
-            # all timesteps' input projections (and both biases) in one matmul, then the C++ loop
-            xp = _mm_t(x.view(steps * batch, -1), w_ih, b_ih + b_hh).view(steps, batch, -1)
-            acts, cells, tanh_c, hs = loops.lstm_forward(xp, h0, c0, w_hh.t().contiguous())
-        else:
-            # tanh(u) = 2 sigma(2u) - 1: with the g rows doubled, one sigmoid serves all four gates (ATen's tanh
-            # is several times slower than its sigmoid)
-            scale = torch.ones(4 * hidden, 1, dtype=x.dtype, device=x.device)
-            scale[2 * hidden : 3 * hidden] = 2.0
-            xp = _mm_t(x.view(steps * batch, -1), w_ih * scale, (b_ih + b_hh) * scale[:, 0]).view(steps, batch, -1)
-            rec = _Recurrent(w_hh * scale, batch)
-            acts, cells, tanh_c, hs = _lstm_forward_loop(xp, h0, c0, rec)
+        forward_loop = loops.lstm_forward if loops is not None else _lstm_forward_loop
+        # all timesteps' input projections (and both biases) in one matmul, then the time loop
+        xp = _mm_t(x.view(steps * batch, -1), w_ih, b_ih + b_hh).view(steps, batch, -1)
+        acts, cells, tanh_c, hs = forward_loop(xp, h0, c0, w_hh.t().contiguous())
         ctx.save_for_backward(x, w_ih, w_hh, acts, cells[:-1], tanh_c, hs)
         return hs[1:], hs[steps].clone(), cells[steps].clone()
 
     @staticmethod
     def backward(ctx, d_out, d_hn, d_cn):
         x, w_ih, w_hh, acts, c_prev, tanh_c, hs = ctx.saved_tensors
-        steps, batch, four_h = acts.shape
-        hidden = four_h // 4
+        batch, hidden = acts.shape[1], acts.shape[2] // 4
         dh = d_hn if d_hn is not None else x.new_zeros(batch, hidden)
         dc = d_cn if d_cn is not None else x.new_zeros(batch, hidden)
         d_out = d_out.contiguous() if d_out is not None else None
         loops = _loops_for(x)
-        if loops is not None:
-            d_pre, dh, dc = loops.lstm_backward(acts, c_prev, tanh_c, d_out, dh, dc, w_hh.contiguous())
-        else:
-            # the chain-rule factors of all steps at once:
-            #   d_i = dc * g i(1-i)   d_f = dc * c_prev f(1-f)   d_g = dc * i (1-g^2)   d_o = dh * tanh(c) o(1-o)
-            #   dc_t = dc_{t+1} f_{t+1} + dh * o (1 - tanh(c)^2)
-            i, f, g, o = acts.chunk(4, dim=2)
-            factors = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)], 2)
-            c_factor = o * (1 - tanh_c * tanh_c)
-            rec = _Recurrent(w_hh.t(), batch)
-            d_pre, dh, dc = _lstm_backward_loop(factors, c_factor, f.contiguous(), d_out, dh, dc, rec)
+        backward_loop = loops.lstm_backward if loops is not None else _lstm_backward_loop
+        d_pre, dh, dc = backward_loop(acts, c_prev, tanh_c, d_out, dh, dc, w_hh.contiguous())
         d_x, d_w_ih, d_w_hh, d_b, _ = _grads(x, hs, d_pre, w_ih)
         return d_x, dh, dc, d_w_ih, d_w_hh, d_b, d_b
 
