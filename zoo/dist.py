@@ -147,13 +147,19 @@ def barrier(env: DistEnv) -> None:
         dist.barrier()
 
 
-def mean(value: float, env: DistEnv, device: torch.device) -> float:
-    """The mean of a per-rank number over all ranks."""
+def mean_tensor(t: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """The element-wise mean of a per-rank tensor over all ranks (no host sync)."""
     if not env.distributed:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
+        return t
+    t = t.clone()
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.item() / env.world_size
+    return t / env.world_size
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (for timing); nothing to wait for on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def any_rank(flag: bool, env: DistEnv, device: torch.device) -> bool:

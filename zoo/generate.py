@@ -46,7 +46,7 @@ def generate(model: nn.Module, prompt: list[int], max_new_tokens: int, temperatu
         hidden, state = model(torch.tensor([context], dtype=torch.long, device=device),
                               model.init_state(1, device) if not model.stateful else None)
         for _ in range(max_new_tokens):
-            nxt = int(sample_next(model.lm_head(hidden[:, -1]), temperature, top_k, top_p, generator).item())
+            nxt = int(sample_next(model.logits(hidden[:, -1]), temperature, top_k, top_p, generator).item())
             if nxt == stop_token:
                 break
             out.append(nxt)

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from zoo.errors import RecipeError
 from zoo.recipe import OptimConfig, ScheduleConfig
 
 
@@ -22,16 +23,63 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> 
     ]
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig, lr: float) -> torch.optim.Optimizer:
-    """The optimizer the recipe names, over the model's trainable parameters."""
+FUSED = ("adamw", "adam", "sgd")  # the optimizers torch has a fused kernel for
+
+
+def implementation(config: OptimConfig, device: torch.device) -> str:
+    """fused, foreach or loop: the recipe's choice, or for `auto` fused on CUDA where the optimizer has a fused
+    kernel (one launch for every tensor) and foreach elsewhere."""
+    if config.impl != "auto":
+        return config.impl
+    return "fused" if device.type == "cuda" and config.name in FUSED else "foreach"
+
+
+def build_optimizer(model: nn.Module, config: OptimConfig, lr: float,
+                    device: torch.device | None = None) -> torch.optim.Optimizer:
+    """The optimizer the recipe names, over the model's trainable parameters (on `device`)."""
     groups = parameter_groups(model, config.weight_decay, config.decay_all)
+    impl = implementation(config, device or torch.device("cpu"))
+    if impl == "fused" and config.name not in FUSED:
+        raise RecipeError(f"recipe value optim.impl is \"fused\" but torch has no fused {config.name}; use one of "
+                          f"{', '.join(FUSED)}, or optim.impl = \"foreach\"")
+    kind = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[impl]
     if config.name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=config.betas, eps=config.eps)
+        return torch.optim.AdamW(groups, lr=lr, betas=config.betas, eps=config.eps, **kind)
     if config.name == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=config.betas, eps=config.eps)
+        return torch.optim.Adam(groups, lr=lr, betas=config.betas, eps=config.eps, **kind)
     if config.name == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=lr, alpha=config.alpha, eps=config.eps, momentum=config.momentum)
-    return torch.optim.SGD(groups, lr=lr, momentum=config.momentum)
+        return torch.optim.RMSprop(groups, lr=lr, alpha=config.alpha, eps=config.eps, momentum=config.momentum,
+                                   **kind)
+    return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, **kind)
+
+
+def _optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def state_without_padding(optimizer: torch.optim.Optimizer, rows: dict[int, int]) -> dict:
+    """The optimizer's state_dict with the padded rows of parameters (`rows`: see models.base.logical_rows)
+    cut off, so it fits the real-rows weights of a checkpoint and any padding on resume. Padded rows never get
+    a gradient, so their state is zero and nothing is lost."""
+    state = optimizer.state_dict()
+    if not rows:
+        return state
+    packed = dict(state["state"])
+    for index, p in enumerate(_optimizer_params(optimizer)):
+        if id(p) in rows and index in packed:
+            packed[index] = {k: v[: rows[id(p)]].clone() if torch.is_tensor(v) and v.shape == p.shape else v
+                             for k, v in packed[index].items()}
+    return {**state, "state": packed}
+
+
+def load_state_with_padding(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a state_dict written by `state_without_padding`: state tensors of padded parameters get zero rows
+    appended up to the parameter's size."""
+    optimizer.load_state_dict(state)
+    for p in _optimizer_params(optimizer):
+        for k, v in optimizer.state.get(p, {}).items():
+            if torch.is_tensor(v) and v.dim() == p.dim() and v.shape[1:] == p.shape[1:] and v.shape[0] < p.shape[0]:
+                optimizer.state[p][k] = torch.cat([v, v.new_zeros(p.shape[0] - v.shape[0], *v.shape[1:])])
 
 
 def lr_at(step: int, base_lr: float, config: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> float:

@@ -38,7 +38,9 @@ class RunConfig:
     seed: int = doc("seed for initialisation, data order, dropout", 1337)
     device: str = doc("auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps", "auto")
     precision: Literal["fp32", "bf16", "fp16"] = doc("fp32, or bf16/fp16 autocast (fp16 uses a grad scaler)", "fp32")
-    compile: bool = doc("torch.compile the model for training (checkpoints load either way)", False)
+    compile: Literal["auto", True, False] = doc(
+        "torch.compile the training step (model, head and loss as one graph); auto: on for attention models on "
+        "CUDA, off on CPU and for recurrent models. Checkpoints load either way", "auto")
     tf32: bool = doc("allow TF32 matmuls on CUDA (faster fp32 on Ampere and newer)", True)
 
     def validate(self) -> None:
@@ -112,6 +114,9 @@ class OptimConfig:
     eps: float = doc("Adam/AdamW/RMSprop epsilon", 1e-8)
     momentum: float = doc("SGD/RMSprop momentum", 0.0)
     alpha: float = doc("RMSprop smoothing constant (char-rnn's decay_rate)", 0.99)
+    impl: Literal["auto", "fused", "foreach", "loop"] = doc(
+        "how the update runs: fused (one kernel; adam, adamw, sgd), foreach (batched over tensors) or loop (per "
+        "tensor); auto: fused on CUDA where the optimizer has it, foreach elsewhere", "auto")
 
     def validate(self) -> None:
         check(self.weight_decay >= 0, "optim.weight_decay", f"is {self.weight_decay}; it must be >= 0")
@@ -199,7 +204,7 @@ SECTIONS = [f.name for f in dataclasses.fields(Recipe)]
 # for an equivalent one, without changing what it computes up to the step it resumes from.
 RESUMABLE_CHANGES = ("train.max_steps", "train.max_tokens", "train.epochs", "train.early_stop_patience",
                      "eval.interval", "eval.test", "checkpoint.", "log.", "run.description", "model.impl",
-                     "run.compile")
+                     "run.compile", "model.pad_vocab", "optim.impl")
 
 
 # ------------------------------------------------------------------------------------------- building
@@ -222,7 +227,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     origin = typing.get_origin(annotation)
     if origin is Literal:
         choices = typing.get_args(annotation)
-        if value not in choices:
+        if not any(type(value) is type(c) and value == c for c in choices):
             raise RecipeError(f"recipe value {key} is {value!r}; use one of {', '.join(map(repr, choices))}")
         return value
     if origin in (tuple, list):

@@ -27,12 +27,12 @@ def task_configs() -> dict[str, type]:
     return {name: spec[0] for name, spec in _tasks().items()}
 
 
-def build_model(config: Any, vocab_size: int):
-    """The backbone for a model config."""
+def build_model(config: Any, vocab_size: int, device=None):
+    """The backbone for a model config, laid out for the device it will run on."""
     models = _models()
     if config.arch not in models:
         raise RecipeError(f"unknown model.arch {config.arch!r}; known: {', '.join(sorted(models))}")
-    return models[config.arch][1](config, vocab_size)
+    return models[config.arch][1](config, vocab_size, device)
 
 
 def task_module(recipe):
@@ -48,9 +48,9 @@ def load_data(recipe, tokenizer=None, progress: bool = True):
     return task_module(recipe).load_data(recipe, tokenizer, progress)
 
 
-def build_trainable(recipe, vocab_size: int):
+def build_trainable(recipe, vocab_size: int, device=None):
     """The model the trainer optimises and checkpoints: the backbone, wrapped with the task's head if any."""
-    return task_module(recipe).wrap(recipe.task, build_model(recipe.model, vocab_size))
+    return task_module(recipe).wrap(recipe.task, build_model(recipe.model, vocab_size, device))
 
 
 def build_task(recipe, data, model):

@@ -88,7 +88,7 @@ def load_run(run_dir: str | Path, which: str = "latest", device: torch.device | 
     tokenizer = load_tokenizer(run_dir / "tokenizer.json")
     path = Checkpointer(run_dir).resolve(which)
     tensors, _, meta = read_checkpoint(path)
-    model = registry.build_trainable(recipe, tokenizer.vocab_size)
+    model = registry.build_trainable(recipe, tokenizer.vocab_size, torch.device(device))
     load_model_tensors(model, tensors, meta.get("aliases", {}), str(path))
     model.to(device).eval()
     return LoadedRun(run_dir, recipe, tokenizer, model, path, meta)

@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -26,16 +26,19 @@ from zoo import dist, registry
 from zoo.checkpoint import Checkpointer, load_model_tensors, read_checkpoint, write_atomic
 from zoo.errors import CheckpointError, RecipeError, TrainingError
 from zoo.generate import generate
-from zoo.models.base import State, count_parameters, detach_state, flops_per_token
-from zoo.optim import build_optimizer, lr_at
+from zoo.models.base import State, count_parameters, detach_state, flops_per_token, logical_rows
+from zoo.optim import build_optimizer, implementation, load_state_with_padding, lr_at, state_without_padding
 from zoo.recipe import Recipe, flatten, recipe_to_dict
 from zoo.runs import lock_run_dir, prepare_run_dir, read_summary, write_summary
+from zoo.tasks.base import TaskLoss
 from zoo.tblog import TBLogger
 from zoo.tokenizers import load_tokenizer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Dense bf16 peak FLOP/s of common GPUs, for MFU (the fraction of the peak the run achieves).
-PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "A10G": 125e12, "L4": 121e12, "4090": 165e12}
+# Dense bf16 peak FLOP/s of common GPUs (vendor specifications), for MFU (the fraction of the peak a run
+# achieves); the first name contained in torch.cuda.get_device_name() wins, so variants come first.
+PEAK_FLOPS = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12, "H800": 989e12,
+              "GH200": 989e12, "A100": 312e12, "A10G": 125e12, "L40S": 362e12, "L4": 121e12, "4090": 165e12}
 
 
 @dataclass
@@ -132,6 +135,25 @@ class _Progress:
             self.bar.close()
 
 
+class _StepRecord(NamedTuple):
+    """A finished optimizer step whose loss and gradient norm are still device tensors."""
+
+    step: int
+    tokens: int
+    lr: float
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+
+
+def resolve_compile(setting: str | bool, device: torch.device, model: torch.nn.Module) -> bool:
+    """run.compile: `auto` compiles attention models on CUDA (where one graph of model, head and loss doubles
+    the speed) and nothing on a CPU or recurrent models (long compiles, little gain)."""
+    if setting == "auto":
+        recurrent = any(getattr(m, "stateful", False) for m in model.modules())  # also inside a task's wrapper
+        return device.type == "cuda" and not recurrent
+    return bool(setting)
+
+
 @dataclass
 class Counters:
     """Training progress that checkpoints carry (plain numbers, so `weights_only` loading works)."""
@@ -187,13 +209,17 @@ class Trainer:
             write_atomic(tok_path, json.dumps(self.tokenizer.to_dict(), ensure_ascii=False))
 
         torch.manual_seed(recipe.run.seed)
-        self.model = registry.build_trainable(recipe, self.tokenizer.vocab_size).to(device)
+        self.model = registry.build_trainable(recipe, self.tokenizer.vocab_size, device).to(device)
         self.task = registry.build_task(recipe, self.splits, self.model)
         if device.type == "cuda" and recipe.run.tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        # the compiled wrapper only runs the training forward; checkpoints always hold the plain model's names
-        self.train_model = dist.wrap(torch.compile(self.model) if recipe.run.compile else self.model, env, device)
+        # the training forward (model, head and loss) is one module: compiled whole when asked, wrapped in DDP
+        # with several processes; checkpoints are written from self.model with its plain names
+        self.compiled = resolve_compile(recipe.run.compile, device, self.model)
+        forward = TaskLoss(self.model, self.task.loss)
+        self.train_forward = dist.wrap(torch.compile(forward) if self.compiled else forward, env, device)
+        self.padded_rows = logical_rows(self.model)
 
         train, world = recipe.train, env.world_size
         self.micro = train.micro_batch_size or train.batch_size // world
@@ -205,7 +231,8 @@ class Trainer:
         self.tokens_per_step = self.task.tokens_per_step()
         self.total_steps = _total_steps(recipe, self.steps_per_epoch, self.tokens_per_step)
 
-        self.optimizer = build_optimizer(self.model, recipe.optim, train.lr)
+        self.optimizer = build_optimizer(self.model, recipe.optim, train.lr, device)
+        self.optimizer_impl = implementation(recipe.optim, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=recipe.run.precision == "fp16")
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.n_params = count_parameters(self.model)
@@ -214,6 +241,7 @@ class Trainer:
         self.n_trainable = count_parameters(self.model, trainable_only=True)
 
         self.counters = Counters()
+        self.pending: list[_StepRecord] = []  # steps whose loss and gradient norm are still on the device
         self.carried: dict[int, State] = {}
         self.resumed_from = self.ckpt.latest()
         if self.resumed_from is not None:
@@ -221,6 +249,18 @@ class Trainer:
         elif hasattr(self.model, "load_pretrained") and self.model.load_pretrained() and self.main:
             base = getattr(recipe.task, "base", "") or getattr(recipe.model, "init_from", "")
             print(f"starting from the weights of {base}", flush=True)
+
+    def setup_line(self) -> str:
+        """How the step runs on this device: compilation, optimizer kernels, vocabulary padding."""
+        auto = " (auto)" if self.recipe.run.compile == "auto" else ""
+        parts = [f"torch.compile {'on' if self.compiled else 'off'}{auto}",
+                 f"{self.recipe.optim.name} {self.optimizer_impl}"]
+        if self.padded_rows:
+            real = self.model.state_dict(keep_vars=True)
+            padded = {tuple(p.shape) for n, p in self.model.named_parameters() if tuple(real[n].shape) != p.shape}
+            parts.append("padded rows " + ", ".join(f"{r[0]:,}" for r in sorted(padded)) + " (the real ones in "
+                         "checkpoints)")
+        return "step: " + ", ".join(parts)
 
     # ------------------------------------------------------------------------------------------ state
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -240,7 +280,7 @@ class Trainer:
         if saved_world != self.env.world_size and any(state["carried"].values()):
             raise CheckpointError(f"{path} was written by {saved_world} processes; a recurrent run resumes "
                                   f"only with the same number (not {self.env.world_size})")
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_state_with_padding(self.optimizer, state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         by_rank = state["rng"].get("torch_by_rank")
@@ -262,7 +302,7 @@ class Trainer:
                 rng["cuda"] = torch.cuda.get_rng_state(self.device)
             carried = {k: v for _, part in gathered for k, v in part.items()}
             state = {
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": state_without_padding(self.optimizer, self.padded_rows),
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
                 "rng": rng,
                 "counters": {**asdict(self.counters), "world_size": self.env.world_size},
@@ -274,50 +314,70 @@ class Trainer:
         dist.barrier(self.env)
 
     # ------------------------------------------------------------------------------------------ steps
-    def train_step(self) -> tuple[float, float, float]:
-        """One optimizer step over this rank's micro-batches; returns (loss, pre-clip grad norm, lr)."""
+    def train_step(self) -> None:
+        """One optimizer step over this rank's micro-batches. Nothing here waits for the GPU: the loss and the
+        pre-clip gradient norm stay on the device until `flush` reads a whole window of steps at once."""
         c, recipe = self.counters, self.recipe
         lr = lr_at(c.step, recipe.train.lr, recipe.schedule, self.total_steps, self.steps_per_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         _inject_fault(c.step + 1, self.env)
-        loss_sum = 0.0
+        loss_sum = None
         batches = self.task.micro_batches(c.step, self.env.rank, self.env.world_size, self.micro)
         for i, batch in enumerate(batches):
             state_in = None if batch.reset else self.carried.get(batch.slot)
             batch = batch.to(self.device)
             # DDP all-reduces gradients only after the last micro-batch's backward
-            with dist.no_sync(self.train_model, skip=i < len(batches) - 1), self.autocast():
+            with dist.no_sync(self.train_forward, skip=i < len(batches) - 1), self.autocast():
                 try:
-                    loss, new_state = self.task.loss(self.train_model, batch, state_in)
+                    loss, new_state = self.train_forward(batch.x, batch.y, batch.lengths, state_in)
                 except RuntimeError as exc:
                     precision = recipe.run.precision
                     if precision == "fp32":
                         raise
                     reason = str(exc).splitlines()[0][:200]
+                    others = " or ".join(f'run.precision = "{p}"' for p in ("bf16", "fp32") if p != precision)
                     raise TrainingError(f"{precision} autocast failed on {self.device} ({reason}); this model's "
-                                        f"kernels lack {precision} here: use run.precision = \"bf16\" or "
-                                        "\"fp32\"") from None
+                                        f"kernels lack {precision} here: use {others}") from None
                 self.carried[batch.slot] = detach_state(new_state)
                 self.scaler.scale(loss / self.accumulation).backward()
-            loss_sum += loss.item()
-        train_loss = dist.mean(loss_sum / self.accumulation, self.env, self.device)
+            loss = loss.detach().float()
+            loss_sum = loss if loss_sum is None else loss_sum + loss
         self.scaler.unscale_(self.optimizer)
         clip = recipe.train.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else math.inf).item()
-        if not math.isfinite(train_loss) or (not math.isfinite(grad_norm) and not self.scaler.is_enabled()):
-            last = self.ckpt.latest()
-            kept = f"the last good checkpoint {last.name} is intact" if last else "no checkpoint was written"
-            raise TrainingError(f"training loss is {train_loss} (gradient norm {grad_norm}) at step {c.step + 1}; "
-                                f"nothing was updated and {kept}; lower train.lr or set train.grad_clip, then "
-                                "run the same command to resume")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else math.inf)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         c.step += 1
         c.tokens += self.tokens_per_step
-        c.clipped_steps += int(clip > 0 and grad_norm > clip)
-        return train_loss, grad_norm, lr
+        self.pending.append(_StepRecord(c.step, c.tokens, lr, loss_sum / self.accumulation, grad_norm))
+
+    def flush(self) -> list[tuple[int, float, float]]:
+        """Read the pending steps' losses (averaged over ranks) and gradient norms in one transfer, stop on a
+        non-finite one, count clipped steps and log each step to TensorBoard; returns (step, loss, norm) of
+        each. Called before anything is evaluated or saved, so no checkpoint ever holds a bad update."""
+        records, self.pending = self.pending, []
+        if not records:
+            return []
+        losses = dist.mean_tensor(torch.stack([r.loss for r in records]), self.env)
+        norms = torch.stack([r.grad_norm.float() for r in records])
+        values = torch.stack([losses, norms.to(losses.device)]).tolist()
+        c, clip, out = self.counters, self.recipe.train.grad_clip, []
+        clipped = c.clipped_steps
+        for r, loss, norm in zip(records, *values, strict=True):
+            if not math.isfinite(loss) or (not math.isfinite(norm) and not self.scaler.is_enabled()):
+                last = self.ckpt.latest()
+                kept = f"the last good checkpoint {last.name} is intact" if last else "no checkpoint was written"
+                raise TrainingError(f"training loss is {loss} (gradient norm {norm}) at step {r.step}; no "
+                                    f"checkpoint holds that step or a later one and {kept}; lower train.lr or set "
+                                    "train.grad_clip, then run the same command to resume")
+            clipped += clip > 0 and norm > clip
+            self.logger.scalars({"loss/train": loss, "optim/lr": r.lr, "optim/grad_norm": norm,
+                                 "optim/clipped_frac": clipped / r.step, "progress/tokens": r.tokens}, r.step)
+            out.append((r.step, loss, norm))
+        c.clipped_steps = clipped
+        return out
 
     def evaluate(self, split: str) -> dict[str, float]:
         """Loss on the fixed slice of a split; with several ranks each evaluates its share and the sums are
@@ -354,6 +414,7 @@ class Trainer:
                           f"{self.flops_per_token / 1e6:,.1f} MFLOPs/token, {self.steps_per_epoch} "
                           f"steps/epoch, {self.total_steps} steps of {self.tokens_per_step:,} tokens on "
                           f"{self.device} ({recipe.run.precision})")
+        progress.line(self.setup_line())
         purge = c.step + 1 if self.resumed_from is not None else None
         self.logger = TBLogger(self.run_dir, enabled=self.main, purge_step=purge)
         try:
@@ -369,19 +430,38 @@ class Trainer:
 
     def _loop(self, progress: _Progress, stop: _StopFlag) -> tuple[str, float | None, float]:
         c, recipe, log = self.counters, self.recipe, self.logger
-        window_tokens, window_start = 0, time.perf_counter()
         t_start = time.perf_counter() - c.elapsed
-        last_val, train_loss, tps = None, math.nan, 0.0
+        window_tokens, window_start = 0, time.perf_counter()
+        last_val, train_loss, grad_norm, tps = None, math.nan, math.nan, 0.0
+        first = True
         self.model.train()
         while True:
-            train_loss, grad_norm, lr = self.train_step()
+            self.train_step()
+            if first:  # the first step compiles (when compiling): time it apart from the rate
+                first = False
+                dist.synchronize(self.device)
+                if self.compiled:
+                    progress.line(f"compiled the training step in {time.perf_counter() - window_start:.0f} s "
+                                  "(first step)")
+                window_start = time.perf_counter()
+            else:
+                window_tokens += self.tokens_per_step
             c.elapsed = time.perf_counter() - t_start
-            window_tokens += self.tokens_per_step
-            log.scalars({"loss/train": train_loss, "optim/lr": lr, "optim/grad_norm": grad_norm,
-                         "optim/clipped_frac": c.clipped_steps / c.step, "progress/tokens": c.tokens}, c.step)
-            progress.step(f"loss {train_loss:.4f} | {tps / 1000:.1f}k tok/s")
             is_last = c.step >= self.total_steps
-            if c.step % recipe.log.interval == 0 or is_last:
+            logging = c.step % recipe.log.interval == 0 or is_last
+            evaluating = bool(recipe.eval.interval and c.step % recipe.eval.interval == 0) or is_last
+            interval = recipe.checkpoint.interval
+            due = (c.step % interval == 0) if interval else evaluating
+            # the host reads the device's numbers only at these steps; a stop is asked of every rank at the
+            # same steps (with one process, at once)
+            syncing = logging or evaluating or due or (not self.env.distributed and stop.signum is not None)
+            progress.step(f"loss {train_loss:.4f} | {tps / 1000:.1f}k tok/s")
+            if not syncing:
+                continue
+            flushed = self.flush()
+            _, train_loss, grad_norm = flushed[-1]
+            c.elapsed = time.perf_counter() - t_start
+            if logging and window_tokens:
                 now = time.perf_counter()
                 tps = window_tokens / max(now - window_start, 1e-9)
                 window_tokens, window_start = 0, now
@@ -389,12 +469,12 @@ class Trainer:
                 if self.peak_flops:
                     mfu = tps * self.flops_per_token / (self.peak_flops * self.env.world_size)
                     log.scalars({"perf/mfu": mfu}, c.step)
-                if progress.bar is None:
-                    progress.line(f"step {c.step}/{self.total_steps} | epoch {c.step / self.steps_per_epoch:.2f}"
-                                  f" | loss {train_loss:.4f} | lr {lr:.2e} | grad norm {grad_norm:.3f} | "
-                                  f"{tps / 1000:.1f}k tok/s | {c.elapsed:.0f}s")
+            if logging and progress.bar is None:
+                lr = self.optimizer.param_groups[0]["lr"]
+                progress.line(f"step {c.step}/{self.total_steps} | epoch {c.step / self.steps_per_epoch:.2f}"
+                              f" | loss {train_loss:.4f} | lr {lr:.2e} | grad norm {grad_norm:.3f} | "
+                              f"{tps / 1000:.1f}k tok/s | {c.elapsed:.0f}s")
 
-            evaluating = bool(recipe.eval.interval and c.step % recipe.eval.interval == 0) or is_last
             improved, early_stop = False, False
             if evaluating:
                 val = self.evaluate("val")
@@ -415,11 +495,11 @@ class Trainer:
                 early_stop = bool(patience and c.evals_since_best >= patience)
 
             stopping = dist.any_rank(stop.signum is not None, self.env, self.device)
-            interval = recipe.checkpoint.interval
-            due = (c.step % interval == 0) if interval else evaluating
             if due or improved or is_last or stopping or early_stop:
                 self.save(best=improved)
                 log.flush()
+            if evaluating or due or improved:  # the rate counts training time only
+                window_start = time.perf_counter()
             if stopping:
                 return "interrupted", last_val, train_loss
             if early_stop:

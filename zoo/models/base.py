@@ -2,8 +2,10 @@
 
 A backbone maps token ids to hidden features: `forward(idx[B, T], state=None) -> (hidden[B, T, D], state)`.
 Recurrent backbones return their new state (a tuple of tensors), others return None. Each backbone has
-`lm_head` (D -> vocab) as a module attribute so weight tying stays inside the model, and the attributes
-`stateful`, `d_model`, `vocab_size`, `max_seq_len` (None when any length works).
+`lm_head` (D -> vocab) as a module attribute so weight tying stays inside the model, `logits(hidden)` (the head
+applied, exactly `vocab_size` columns), and the attributes `stateful`, `d_model`, `vocab_size`, `max_seq_len`
+(None when any length works). A backbone may hold more rows than its state_dict shows (GPT-2's padded
+vocabulary); `logical_rows` finds them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class Backbone(Protocol):
 
     def __call__(self, idx: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]: ...
 
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
+
     def init_state(self, batch_size: int, device: torch.device | str) -> State: ...
 
 
@@ -42,14 +46,23 @@ def select_state(state: State, rows: torch.Tensor | slice) -> State:
     return tuple(t[:, rows] for t in state)
 
 
+def logical_rows(model: nn.Module) -> dict[int, int]:
+    """{id(parameter): rows its state_dict entry has} for the parameters stored with more rows than they
+    show (padding that takes part in nothing); empty for most models."""
+    shapes = {name: t.shape for name, t in model.state_dict(keep_vars=True).items()}
+    return {id(p): shapes[name][0] for name, p in model.named_parameters(remove_duplicate=False)
+            if name in shapes and shapes[name] != p.shape}
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Distinct parameters (a tied weight counts once)."""
+    """Distinct parameters (a tied weight counts once; padded rows do not count)."""
+    rows = logical_rows(model)
     seen, total = set(), 0
     for p in model.parameters():
         if id(p) in seen or (trainable_only and not p.requires_grad):
             continue
         seen.add(id(p))
-        total += p.numel()
+        total += p.numel() // p.shape[0] * rows[id(p)] if id(p) in rows else p.numel()
     return total
 
 

@@ -44,7 +44,10 @@ class GPT2Config:
     n_head: int = doc("attention heads (0 = from size)", 0)
     n_embd: int = doc("model width (0 = from size)", 0)
     context_length: int = doc("maximum sequence length (position embeddings)", 1024)
-    vocab_size: int = doc("embedding rows (0 = the tokenizer's; pad to e.g. 50304 for speed)", 0)
+    vocab_size: int = doc("token ids the model knows (0 = the tokenizer's)", 0)
+    pad_vocab: int = doc("round the embedding and LM-head rows up to a multiple of this, for faster GPU matmuls "
+                         "(50257 -> 50304); the padded rows never reach a softmax and checkpoints hold only the "
+                         "real rows. 0 = auto: 64 on CUDA, none elsewhere; 1 = no padding", 0)
     dropout: float = doc("dropout on embeddings, attention weights and residual branches", 0.0)
     qkv_bias: bool = doc("bias in the query/key/value projection (OpenAI's GPT-2 has it)", False)
     tie_weights: bool = doc("share the token embedding and the LM head (124M instead of 163M for small)", False)
@@ -55,7 +58,7 @@ class GPT2Config:
     def validate(self) -> None:
         check(self.size == "" or self.size in SIZES, "model.size",
               f"is {self.size!r}; use one of {', '.join(SIZES)} or \"\"")
-        for key in ("n_layer", "n_head", "n_embd", "vocab_size"):
+        for key in ("n_layer", "n_head", "n_embd", "vocab_size", "pad_vocab"):
             check(getattr(self, key) >= 0, f"model.{key}", f"is {getattr(self, key)}; it must be >= 0")
         n_layer, n_head, n_embd = self.dims()
         if not self.init_from:  # with init_from the weights' config.json fixes the architecture
@@ -151,15 +154,18 @@ class Block(nn.Module):
 
 
 class GPT2(nn.Module):
-    """GPT-2 backbone: forward(idx, cache=None) -> (hidden [B, T, C], cache)."""
+    """GPT-2 backbone: forward(idx, cache=None) -> (hidden [B, T, C], cache); `logits(hidden)` applies the LM
+    head. With `pad_rows` > vocab_size the embedding and head have that many rows (zeros past the vocabulary,
+    which no id looks up and `logits` cuts off); `state_dict` shows and takes only the real rows."""
 
     stateful = False
 
-    def __init__(self, config: GPT2Config, vocab_size: int):
+    def __init__(self, config: GPT2Config, vocab_size: int, pad_rows: int = 0):
         super().__init__()
         self.config = config
         self.n_layer, self.n_head, self.d_model = config.dims()
         self.vocab_size = config.vocab_size or vocab_size
+        self.padded_vocab = max(pad_rows, self.vocab_size)
         self.max_seq_len = config.context_length
         self.wte = nn.Embedding(self.vocab_size, self.d_model)
         self.wpe = nn.Embedding(config.context_length, self.d_model)
@@ -172,8 +178,18 @@ class GPT2(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2's scaled init of the residual projections
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.n_layer))
+        # padding comes after the initialisation, so a padded model draws the same random numbers as an
+        # unpadded one; the zero rows are never looked up and get no gradient, so they stay zero
+        extra = self.padded_vocab - self.vocab_size
+        if extra:
+            for module in (self.wte, self.lm_head):
+                w = module.weight.detach()
+                module.weight = nn.Parameter(torch.cat([w, w.new_zeros(extra, w.shape[1])]))
+            self.wte.num_embeddings = self.lm_head.out_features = self.padded_vocab
         if config.tie_weights:
             self.lm_head.weight = self.wte.weight
+        self.register_state_dict_post_hook(_real_rows)
+        self.register_load_state_dict_pre_hook(_padded_rows)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -183,6 +199,11 @@ class GPT2(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits over the vocabulary (the padded columns cut off)."""
+        logits = self.lm_head(hidden)
+        return logits[..., : self.vocab_size] if self.padded_vocab != self.vocab_size else logits
 
     def layer_groups(self) -> tuple[list[list[nn.Parameter]], list[nn.Parameter]]:
         """Parameters from input to output (embeddings, then each block) and the final norm, for freezing."""
@@ -212,14 +233,44 @@ class GPT2(nn.Module):
 
     def flops_per_token(self) -> float:
         """6N for the matmuls plus attention's 12 * layers * context * width (nanoGPT's estimate)."""
-        n = sum(p.numel() for p in self.parameters()) - self.wpe.weight.numel()
+        from zoo.models.base import count_parameters
+
+        n = count_parameters(self) - self.wpe.weight.numel()
         if not self.config.tie_weights:
-            n -= self.wte.weight.numel()  # a lookup, not a matmul
+            n -= self.vocab_size * self.d_model  # a lookup, not a matmul
         return 6.0 * n + 12.0 * self.n_layer * self.max_seq_len * self.d_model
 
 
-def build(config: GPT2Config, vocab_size: int) -> GPT2:
-    return GPT2(config, vocab_size)
+_VOCAB_ROWS = ("wte.weight", "lm_head.weight")
+
+
+def _real_rows(module: GPT2, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """state_dict hook: the embedding and head without their padded rows."""
+    if module.padded_vocab != module.vocab_size:
+        for name in _VOCAB_ROWS:
+            if prefix + name in state_dict:
+                state_dict[prefix + name] = state_dict[prefix + name][: module.vocab_size]
+
+
+def _padded_rows(module: GPT2, state_dict: dict, prefix: str, *args) -> None:
+    """load_state_dict hook: real rows in, zero rows appended up to the padded size."""
+    extra = module.padded_vocab - module.vocab_size
+    for name in _VOCAB_ROWS:
+        t = state_dict.get(prefix + name)
+        if extra and t is not None and t.shape[0] == module.vocab_size:
+            state_dict[prefix + name] = torch.cat([t, t.new_zeros(extra, *t.shape[1:])])
+
+
+def padded_size(vocab_size: int, multiple: int) -> int:
+    """`vocab_size` rounded up to a multiple of `multiple`."""
+    return -(-vocab_size // multiple) * multiple
+
+
+def build(config: GPT2Config, vocab_size: int, device: torch.device | None = None) -> GPT2:
+    """A GPT-2 for the tokenizer's `vocab_size`; with `pad_vocab = 0` (auto) its embedding rows are padded to a
+    multiple of 64 when it will run on CUDA."""
+    multiple = config.pad_vocab or (64 if device is not None and device.type == "cuda" else 1)
+    return GPT2(config, vocab_size, pad_rows=padded_size(config.vocab_size or vocab_size, multiple))
 
 
 # ------------------------------------------------------------------------------ Hugging Face weights

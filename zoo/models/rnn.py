@@ -79,6 +79,10 @@ class CharRNN(nn.Module):
             groups.append([p for n, p in self.rnn.named_parameters() if n.endswith(f"_l{k}")])
         return groups, []
 
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits from the recurrent features."""
+        return self.lm_head(hidden)
+
     def init_state(self, batch_size: int, device: torch.device | str) -> State:
         shape = (self.config.num_layers, batch_size, self.config.hidden_size)
         n = 2 if self.config.cell == "lstm" else 1
@@ -97,5 +101,5 @@ class CharRNN(nn.Module):
         return self.drop(out), new_state
 
 
-def build(config: CharRNNConfig, vocab_size: int) -> CharRNN:
+def build(config: CharRNNConfig, vocab_size: int, device: torch.device | None = None) -> CharRNN:
     return CharRNN(config, vocab_size)

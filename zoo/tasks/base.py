@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 import torch
@@ -21,8 +22,32 @@ class Batch(NamedTuple):
     lengths: torch.Tensor | None = None  # real lengths of right-padded rows (classification)
 
     def to(self, device: torch.device) -> Batch:
-        lengths = self.lengths.to(device) if self.lengths is not None else None
-        return self._replace(x=self.x.to(device), y=self.y.to(device), lengths=lengths)
+        """The batch on `device`. To a GPU the copy goes through pinned memory without blocking, so the host
+        never waits for the GPU to finish its queue before handing it the next micro-batch."""
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None or t.device == device:
+                return t
+            if device.type == "cuda":
+                return t.pin_memory().to(device, non_blocking=True)
+            return t.to(device)
+
+        return self._replace(x=move(self.x), y=move(self.y), lengths=move(self.lengths))
+
+
+class TaskLoss(nn.Module):
+    """A task's training forward as one module: backbone, head and loss together, so `torch.compile` makes one
+    graph of all of it (no [B, T, V] logits leave it) and DDP sees every parameter. It holds the model as
+    `.model`; checkpoints are written from the model itself, with its plain names."""
+
+    def __init__(self, model: nn.Module, loss: Callable[[nn.Module, Batch, State], tuple[torch.Tensor, State]]):
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, lengths: torch.Tensor | None,
+                state: State) -> tuple[torch.Tensor, State]:
+        # only tensors cross into the compiled graph (a slot number would be a constant to recompile on)
+        return self.loss(self.model, Batch(x, y, lengths=lengths), state)
 
 
 class Task(Protocol):

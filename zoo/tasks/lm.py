@@ -108,7 +108,7 @@ class LMTask:
 
     def loss(self, model: nn.Module, batch: Batch, state: State) -> tuple[torch.Tensor, State]:
         hidden, new_state = model(batch.x, state)
-        logits = lm_head_of(model)(hidden)
+        logits = model.logits(hidden)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch.y.reshape(-1))
         return loss, new_state
 
@@ -136,7 +136,7 @@ class LMTask:
                 carry = state_carry or [None]
                 with autocast():
                     hidden, new_state = model(x.to(device), carry[0])
-                    logits = lm_head_of(model)(hidden)
+                    logits = model.logits(hidden)
                 carry[0] = new_state
                 total += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.to(device).reshape(-1),
                                          reduction="sum").item()
@@ -168,11 +168,6 @@ class LMTask:
         for start in range(0, n, self.eval_batch_size):
             yield (to_long(x[start:start + self.eval_batch_size]), to_long(y[start:start + self.eval_batch_size]),
                    None)
-
-
-def lm_head_of(model: nn.Module) -> nn.Module:
-    """The LM head of a backbone, also through a wrapper that keeps it in `.module` (DDP)."""
-    return getattr(model, "module", model).lm_head
 
 
 def load_data(recipe, tokenizer=None, progress: bool = True):
