@@ -31,6 +31,7 @@ import platform
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -78,10 +79,22 @@ def run_zoo(args, tied: bool, device: torch.device) -> dict:
     steps = args.warmup + args.steps
     recipe = load_recipe(RECIPE, overrides(args, tied, steps))
     marks: dict[int, float] = {}
+    syncs: list[str] = []
     original = Trainer.train_step
 
     def marked(self):
-        original(self)
+        if device.type == "cuda" and 1 <= self.counters.step < args.warmup:
+            # warm-up steps after the compiling one: CUDA's sync debug mode reports each host sync in the step
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    original(self)
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+            syncs.extend(str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message))
+        else:
+            original(self)
         if self.counters.step in (args.warmup, steps):
             dist.synchronize(self.device)
             marks[self.counters.step] = time.perf_counter()
@@ -102,7 +115,8 @@ def run_zoo(args, tied: bool, device: torch.device) -> dict:
     return {"params": summary["params"], "flops_per_token": summary["flops_per_token"], "tokens_per_s": tps,
             "tb_tokens_per_s": float(np.median(tps_tb)) if tps_tb else None,
             "tb_mfu": float(np.median(mfu_tb)) if mfu_tb else None, "tokens_per_step": tokens_per_step,
-            "peak_memory_gib": memory,
+            "peak_memory_gib": memory, "host_syncs_in_steps": len(syncs), "sync_examples": sorted(set(syncs))[:3],
+            "sync_checked_steps": max(0, args.warmup - 1) if device.type == "cuda" else 0,
             "micro_batch": recipe.train.micro_batch_size or recipe.train.batch_size,
             "accumulation": recipe.train.batch_size // (recipe.train.micro_batch_size or recipe.train.batch_size)}
 
@@ -230,6 +244,10 @@ def main() -> None:
         print(f"{r['model']:<6} {r['zoo_micro_batch']:>5} x {r['zoo_accumulation']:<3} {r['zoo_tokens_per_s']:>11,.0f} "
               f"{r['zoo_mfu']:>8.1%} {tb_tps:>10} {tb_mfu:>7} {r['ref_tokens_per_s']:>11,.0f} {r['ref_mfu']:>8.1%} "
               f"{r['ratio']:>8.2f} {r['zoo_peak_memory_gib']:>5.1f}/{r['ref_peak_memory_gib']:<6.1f}")
+    for r in results:
+        if r["zoo_sync_checked_steps"]:
+            print(f"{r['model']}: host syncs inside Trainer.train_step over {r['zoo_sync_checked_steps']} steps "
+                  f"(CUDA sync debug mode): {r['zoo_host_syncs_in_steps']} {r['zoo_sync_examples']}")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": gpu, "torch": torch.__version__, "results": results},
                                               indent=1))
