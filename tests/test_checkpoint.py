@@ -45,7 +45,7 @@ def test_mismatched_architecture_names_the_tensors(tmp_path):
 def test_torn_and_temporary_folders_are_ignored_and_cleaned(tmp_path):
     ckpt = Checkpointer(tmp_path, keep_last=2)
     ckpt.save(1, _model(), {}, {})
-    torn = tmp_path / "ckpt" / "step-00000002"  # a folder without meta.json was never completed
+    torn = tmp_path / "ckpt" / "step-00000002"  # a folder without meta.json: zoo's saves never leave one
     torn.mkdir()
     (torn / "model.safetensors").write_bytes(b"half")
     tmp = tmp_path / "ckpt" / ".tmp-step-00000003-1"
@@ -53,9 +53,11 @@ def test_torn_and_temporary_folders_are_ignored_and_cleaned(tmp_path):
     assert ckpt.latest().name == "step-00000001"
     (tmp_path / "ckpt" / "latest").write_text("step-00000002")  # a stale pointer to a torn folder
     assert ckpt.latest().name == "step-00000001"
+    assert ckpt.clean_leftovers() == ["removed .tmp-step-00000003-1"]  # temp folders go (under the run's lock)
     ckpt.save(4, _model(), {}, {})
     names = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
-    assert names == ["latest", "step-00000001", "step-00000004"]
+    # the unexplained folder is never deleted; the old complete one goes only when older than keep_last allows
+    assert names == ["latest", "step-00000001", "step-00000002", "step-00000004"]
 
 
 def test_a_save_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -66,11 +68,13 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match=r"step-00000002 \(\[Errno 28\] No space left on device\); the "
+                       "previous checkpoint step-00000001 is intact"):
         ckpt.save(2, _model(), {}, {})
     assert ckpt.latest().name == "step-00000001"
     read_checkpoint(ckpt.latest())
     assert not (tmp_path / "ckpt" / "step-00000002").exists()
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["latest", "step-00000001"]  # no temp left
 
 
 def test_a_malicious_state_file_is_not_unpickled(tmp_path):

@@ -74,6 +74,9 @@ def test_gpt2_from_hf_weights_trains_only_the_last_block_norm_and_head(zoo, tmp_
     ("text,label\nhello,ham\nbuy now,spamm\n", "data.csv:3: label 'spamm' is not one of ham, spam"),
     ("text,label\nhello,ham\n,spam\n", "data.csv:3: the text is empty"),
     ("text,label\nhello,ham\nhi,ham\n", "has no examples of class 'spam'"),
+    # a quote left open would swallow every later row into one field: an error naming the file and line
+    ("text,label\nhello,ham\n\"buy now,spam\nhi,ham\nwin,spam\n", "data.csv:5: unexpected end of data"),
+    ("text,label\n\"" + "x" * 200_000 + "\",spam\nhi,hamm\n", "data.csv:3: label 'hamm'"),  # long fields read
 ])
 def test_bad_classification_data(zoo, rnn_base, tmp_path, rows, fragment):
     (tmp_path / "data.csv").write_text(rows)

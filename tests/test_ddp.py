@@ -163,3 +163,80 @@ def test_attention_run_resumes_on_another_world_size(make_recipe, tmp_path):
     whole = zoo_subprocess("train", recipe, "--name", "w", *toy, "--set", "train.max_steps=8", cwd=tmp_path, env=ENV)
     assert whole.returncode == 0
     _close(final_weights(tmp_path / "runs" / "g"), final_weights(tmp_path / "runs" / "w"))
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """PIDs (other than this one) whose command line contains `text`."""
+    import os
+    from pathlib import Path
+
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="Linux's parent-death signal")
+def test_killing_the_launcher_outright_leaves_no_process(make_recipe, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    recipe = make_recipe(name="orphans")
+    log = open(tmp_path / "launcher.log", "w")  # noqa: SIM115 - a file, so no one blocks on a full pipe
+    proc = subprocess.Popen([sys.executable, "-m", "zoo", "train", str(recipe), "--nproc-per-node", "2",
+                             "--set", "train.max_steps=100000", "--set", "log.interval=1", "--set", "eval.interval=0"],
+                            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **ENV})
+    deadline = time.monotonic() + 120
+    while "step 3/" not in (tmp_path / "launcher.log").read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(_processes_mentioning(str(recipe))) >= 3  # the launcher, torchrun and two workers
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while _processes_mentioning(str(recipe)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    log.close()
+    left = _processes_mentioning(str(recipe))
+    for pid in left:  # do not leave them to the rest of the suite
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], (tmp_path / "launcher.log").read_text()[-3000:]
+
+
+@gloo_retry
+def test_two_nodes_with_c10d_rendezvous_equal_one_process_and_survive_a_lost_node(make_recipe, tmp_path):
+    """The README's multi-node command, with two torchrun "nodes" on this machine (one process each)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    recipe = make_recipe()
+    args = ["--set", "checkpoint.interval=5", "--set", "eval.interval=0", "--set", "model.dropout=0.0"]
+    one = zoo_subprocess("train", recipe, "--name", "one", *args, cwd=tmp_path, env=ENV)
+    assert one.returncode == 0, one.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    node = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+            "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=zoo-nodes", "--max-restarts=1",
+            "-m", "zoo", "train", str(recipe), "--name", "nodes", *args]
+    env = {**os.environ, **ENV, "ZOO_FAULT": "crash@13:1", "PYTHONUNBUFFERED": "1"}
+    nodes = [subprocess.Popen(node, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    outs = [n.communicate(timeout=240)[0] for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], "\n----\n".join(o[-2500:] for o in outs)
+    both = "".join(outs)
+    assert "resuming" in both and "step-00000010" in both  # the lost node came back and both resumed
+    _close(final_weights(tmp_path / "runs" / "one"), final_weights(tmp_path / "runs" / "nodes"))
+    curve_one = [v for _, v in scalars(tmp_path / "runs" / "one", "loss/train")]
+    curve_two = [v for _, v in scalars(tmp_path / "runs" / "nodes", "loss/train")]
+    assert len(curve_two) == len(curve_one) == 20 and curve_two == pytest.approx(curve_one, rel=1e-5)

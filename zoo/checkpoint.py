@@ -1,19 +1,26 @@
 """Checkpoints: `ckpt/step-N/{model.safetensors, state.pt, meta.json}` plus `latest` and `best` pointers.
 
 A checkpoint is written into a hidden temp folder, each file flushed and fsynced, `meta.json` last, then the
-folder is renamed into place: a folder named `step-N` is always complete. Pointers are replaced atomically
-and old checkpoints are deleted only after the new one is in place. Weights are safetensors; the rest loads
-with `torch.load(weights_only=True)`.
+folder is renamed into place: a folder named `step-N` is complete when written by zoo. It is *trusted* only
+once read back: `read_weights` and `read_state` check every file (JSON types, the safetensors header and
+sizes, aliases, the state's parts) and turn any fault into one `CheckpointError` line. Pointers are replaced
+atomically; old checkpoints are deleted only when older than the one just written, and a step folder zoo
+cannot explain (no `meta.json`) is never deleted. Any OSError while saving (a full disk, no permission) is one
+line naming the path and the errno, and leaves no temp file behind. Weights are safetensors with sorted,
+single-key metadata, so a deterministic run writes byte-identical files; the rest loads with
+`torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
 import re
 import shutil
-import warnings
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +30,29 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from zoo.errors import CheckpointError
+from zoo.faults import file_event
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+STATE_PARTS = ("optimizer", "rng", "counters", "carried")
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
+def warn(message: str) -> None:
+    """One warning line on stderr."""
+    print(f"zoo: warning: {message}", file=sys.stderr, flush=True)
+
+
+def describe(exc: OSError) -> str:
+    """An OSError as `PATH: [Errno N] reason`."""
+    where = exc.filename or ""
+    code = f"[Errno {exc.errno}] " if exc.errno else ""
+    return f"{where}: {code}{exc.strerror or exc}" if where else f"{code}{exc.strerror or exc}"
+
+
+def _write_bytes(path: Path, data: bytes | memoryview, event: str) -> None:
     with open(path, "wb") as f:
         f.write(data)
         f.flush()
+        file_event(event, path)
         os.fsync(f.fileno())
 
 
@@ -46,10 +68,16 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Replace a small text file in one step (temp file, fsync, rename)."""
+    """Replace a small text file in one step (temp file, fsync, rename); a failure leaves the old file as it
+    was, removes the temp file and is one CheckpointError line."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _write_bytes(tmp, text.encode("utf-8"))
-    os.replace(tmp, path)
+    try:
+        file_event("pointer" if path.parent.name == "ckpt" else "write", path)
+        _write_bytes(tmp, text.encode("utf-8"), "write.bytes")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"could not write {path} ({describe(exc)}); it is unchanged") from None
 
 
 def model_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -73,6 +101,8 @@ def load_model_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], alias
     """Copy saved tensors into `model`; a mismatch names the missing, unexpected and misshapen tensors."""
     full = dict(tensors)
     for alias, name in aliases.items():
+        if name not in tensors:
+            raise CheckpointError(f"weights in {source} name {alias} as a copy of {name}, which is not there")
         full[alias] = tensors[name]
     expected = model.state_dict()
     missing = sorted(expected.keys() - full.keys())
@@ -95,6 +125,76 @@ def load_model_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], alias
     model.load_state_dict(full)
 
 
+# ------------------------------------------------------------------------------------------- reading
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:160]
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """meta.json of a checkpoint folder, checked: a JSON object whose step matches the folder's name."""
+    try:
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} has no meta.json (it was never completed)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}/meta.json cannot be read ({_short(exc)})") from None
+    match = STEP_DIR.match(path.name)
+    if not isinstance(meta, dict) or not isinstance(meta.get("aliases", {}), dict):
+        raise CheckpointError(f"{path}/meta.json is not a zoo checkpoint description (a JSON object)")
+    if match and meta.get("step") != int(match.group(1)):
+        raise CheckpointError(f"{path}/meta.json names step {meta.get('step')!r}, not {int(match.group(1))}")
+    return meta
+
+
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, meta) of a checkpoint folder, every file checked; what inference needs (no optimizer)."""
+    meta = read_meta(path)
+    try:
+        with safe_open(str(path / "model.safetensors"), framework="pt", device="cpu") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is no mapping
+    except Exception as exc:  # safetensors raises its own error type for a torn, zeroed or garbage file
+        raise CheckpointError(f"{path}/model.safetensors cannot be read ({_short(exc)})") from None
+    aliases = meta.get("aliases", {})
+    lost = [f"{alias} -> {name}" for alias, name in aliases.items() if name not in tensors]
+    if lost:
+        raise CheckpointError(f"{path}/model.safetensors lacks the tensors its aliases name ({', '.join(lost)})")
+    return tensors, meta
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """The training state (optimizer, RNG, counters, carried state) of a checkpoint folder; nothing is
+    unpickled. `check_state` checks that it has every part."""
+    try:
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} has no state.pt, so it cannot be resumed (its weights can be sampled)") \
+            from None
+    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise CheckpointError(f"{path}/state.pt cannot be read ({_short(exc)})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}/state.pt is not a zoo training state")
+    return state
+
+
+def check_state(state: dict[str, Any], path: Path) -> None:
+    """A state a run can resume from exactly has every part."""
+    missing = [k for k in STATE_PARTS if not isinstance(state.get(k), dict)]
+    if missing:
+        raise CheckpointError(f"{path}/state.pt lacks its {', '.join(missing)} state and cannot be resumed exactly")
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """(tensors, state, meta) of a checkpoint folder, all checked."""
+    tensors, meta = read_weights(path)
+    return tensors, read_state(path), meta
+
+
+# ------------------------------------------------------------------------------------------- the folder
+def _step_of(path: Path) -> int:
+    return int(STEP_DIR.match(path.name).group(1))
+
+
 class Checkpointer:
     """Saves and finds the checkpoints of one run directory."""
 
@@ -103,35 +203,49 @@ class Checkpointer:
         self.keep_last = keep_last
 
     # -------------------------------------------------------------------------------------- finding
-    def complete(self) -> list[Path]:
-        """Complete checkpoint folders, oldest first."""
+    def folders(self) -> list[Path]:
+        """Every `step-N` folder, complete or not, oldest first."""
         if not self.root.is_dir():
             return []
-        found = [(int(m.group(1)), p) for p in self.root.iterdir()
-                 if (m := STEP_DIR.match(p.name)) and (p / "meta.json").is_file()]
-        return [p for _, p in sorted(found)]
+        return sorted((p for p in self.root.iterdir() if STEP_DIR.match(p.name) and p.is_dir()), key=_step_of)
+
+    def complete(self) -> list[Path]:
+        """Folders with their completeness marker (meta.json), oldest first; not yet read, so not yet trusted."""
+        return [p for p in self.folders() if (p / "meta.json").is_file()]
+
+    def unexplained(self) -> list[Path]:
+        """Step folders without meta.json: zoo's saves never leave one, so they are not zoo's to delete."""
+        return [p for p in self.folders() if not (p / "meta.json").is_file()]
 
     def _pointer(self, name: str) -> Path | None:
+        """The folder a pointer names, if the pointer is readable and names a complete folder."""
         pointer = self.root / name
-        if pointer.is_file():
+        try:
             target = self.root / pointer.read_text(encoding="utf-8").strip()
-            if STEP_DIR.match(target.name) and (target / "meta.json").is_file():
-                return target
+        except (OSError, UnicodeDecodeError):  # missing, a directory, unreadable, not text
+            return None
+        if STEP_DIR.match(target.name) and (target / "meta.json").is_file():
+            return target
         return None
 
     def latest(self) -> Path | None:
-        """The newest complete checkpoint (the `latest` pointer, else a scan)."""
+        """The newest complete checkpoint (found by a scan; the `latest` pointer is for people)."""
         found = self.complete()
-        pointed = self._pointer("latest")
-        if found and (pointed is None or pointed != found[-1]):
-            return found[-1]
-        return pointed
+        return found[-1] if found else None
 
     def best(self) -> Path | None:
         return self._pointer("best")
 
+    def available(self) -> str:
+        """The checkpoints a user can name, for messages."""
+        names = [p.name for p in self.complete()]
+        if not names:
+            return "it has none yet"
+        shown = ", ".join(names[-6:])
+        return f"it has {shown}" + (" and best" if self.best() else "")
+
     def resolve(self, which: str) -> Path:
-        """`latest`, `best` or `step-N` -> a complete checkpoint folder."""
+        """`latest`, `best` or `step-N` -> a complete checkpoint folder (not yet read)."""
         if which in ("latest", "best"):
             path = self.latest() if which == "latest" else self.best()
         elif STEP_DIR.match(which):
@@ -139,67 +253,126 @@ class Checkpointer:
         else:
             raise CheckpointError(f"checkpoint {which!r} is not latest, best or step-N")
         if path is None:
-            raise CheckpointError(f"{self.root.parent} has no {which} checkpoint; train it first")
+            raise CheckpointError(f"{self.root.parent} has no {which} checkpoint ({self.available()})")
         return path
+
+    def load_weights(self, which: str, note: Callable[[str], None] = warn
+                     ) -> tuple[Path, dict[str, torch.Tensor], dict[str, Any]]:
+        """(folder, tensors, meta) for `best`, `latest` or `step-N`. `best` falls back to the newest complete
+        checkpoint where the run has no best; a checkpoint that cannot be read falls back to the next older
+        readable one, each with one `note` line. A named step-N never falls back."""
+        if which == "best" and self.best() is None and self.latest() is not None:
+            note(f"{self.root.parent} has no best checkpoint (no evaluation yet); using the latest, "
+                 f"{self.latest().name}")
+            which = "latest"
+        first = self.resolve(which)
+        if STEP_DIR.match(which):
+            tensors, meta = read_weights(first)
+            return first, tensors, meta
+        candidates = [first] + [p for p in reversed(self.complete()) if p != first and _step_of(p) < _step_of(first)]
+        problems = []
+        for path in candidates:
+            try:
+                tensors, meta = read_weights(path)
+            except CheckpointError as exc:
+                problems.append(str(exc))
+                continue
+            if problems:
+                note(f"skipped {len(problems)} unreadable checkpoint(s) ({problems[0]}); using {path.name}")
+            return path, tensors, meta
+        raise CheckpointError(f"no readable {which} checkpoint in {self.root.parent}: {problems[0]}")
 
     # -------------------------------------------------------------------------------------- writing
     def save(self, step: int, model: nn.Module, state: dict[str, Any], meta: dict[str, Any],
              best: bool = False) -> Path:
-        """Write checkpoint `step`, move the pointers, then prune old checkpoints."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Write checkpoint `step`, move the pointers, then prune old checkpoints. Any OSError is one
+        CheckpointError line; the previous checkpoints stay as they were and no temp folder is left."""
         final = self.root / f"step-{step:08d}"
         tmp = self.root / f".tmp-{final.name}-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        tensors, aliases = model_tensors(model)
-        meta = {**meta, "step": step, "aliases": aliases}
-        _write_bytes(tmp / "model.safetensors",
-                     safetensors_bytes(tensors, metadata={"format": "pt", "aliases": json.dumps(aliases)}))
-        with open(tmp / "state.pt", "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        _write_bytes(tmp / "meta.json", json.dumps(meta, indent=1).encode("utf-8"))
-        _fsync_dir(tmp)
-        if final.exists():  # the same step saved again (e.g. a stop right after a periodic save)
-            old = self.root / f".old-{final.name}-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        _fsync_dir(self.root)
+        previous = self.latest()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+            file_event("save.mkdir", tmp)
+            tensors, aliases = model_tensors(model)
+            meta = {**meta, "step": step, "aliases": aliases}
+            _write_bytes(tmp / "model.safetensors", safetensors_bytes(tensors, metadata={"format": "pt"}),
+                         "save.model")
+            buffer = io.BytesIO()  # serialised first, so a failed write is a plain OSError with its errno
+            torch.save(state, buffer)
+            _write_bytes(tmp / "state.pt", buffer.getbuffer(), "save.state")
+            del buffer
+            _write_bytes(tmp / "meta.json", json.dumps(meta, indent=1, sort_keys=True).encode("utf-8"), "save.meta")
+            _fsync_dir(tmp)
+            file_event("save.rename", tmp)
+            if final.exists():  # the same step saved again (e.g. a stop right after a periodic save)
+                old = self.root / f".old-{final.name}-{os.getpid()}"
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+            _fsync_dir(self.root)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            kept = f"the previous checkpoint {previous.name} is intact" if previous else "no checkpoint was written"
+            raise CheckpointError(f"could not save checkpoint {final.name} ({describe(exc)}); {kept}; fix that "
+                                  "(e.g. free disk space) and run the same command to resume") from None
         write_atomic(self.root / "latest", final.name)
         if best:
             write_atomic(self.root / "best", final.name)
-        self.prune()
+        self.prune(final)
         return final
 
-    def prune(self) -> None:
-        """Delete all but the newest `keep_last` complete checkpoints and the best; leftovers of
-        interrupted saves go too. A failed delete is a warning, never a lost run."""
-        keep = set(self.complete()[-self.keep_last:])
+    def prune(self, newest: Path) -> None:
+        """Delete complete checkpoints older than `newest` (just written) beyond the newest `keep_last` and
+        the best. Folders without meta.json are never deleted. A failed delete is a warning."""
+        keep = set(self.complete()[-self.keep_last:]) | {newest}
         best = self.best()
         if best is not None:
             keep.add(best)
-        for path in self.root.iterdir():
-            stale_tmp = path.name.startswith((".tmp-", ".old-")) and path.is_dir()
-            old_step = STEP_DIR.match(path.name) and path.is_dir() and path not in keep
-            if stale_tmp or old_step:
+        file_event("prune")
+        for path in self.complete():
+            if path not in keep and _step_of(path) < _step_of(newest):
                 try:
                     shutil.rmtree(path)
                 except OSError as exc:
-                    warnings.warn(f"could not delete old checkpoint {path}: {exc}", stacklevel=2)
+                    warn(f"could not delete old checkpoint {path} ({describe(exc)})")
 
+    def clean_leftovers(self) -> list[str]:
+        """Remove what interrupted saves left (temp folders, temp pointer files) and put back a step folder
+        that a kill caught between the two renames of a same-step save; returns what was done. Call only
+        while holding the run's lock."""
+        done = []
+        if not self.root.is_dir():
+            return done
+        for path in sorted(self.root.iterdir()):
+            name = path.name
+            if name.startswith(".old-") and path.is_dir():
+                step_name = name.removeprefix(".old-").rsplit("-", 1)[0]
+                final = self.root / step_name
+                if STEP_DIR.match(step_name) and not final.exists():
+                    os.replace(path, final)
+                    done.append(f"restored {step_name}")
+                else:
+                    shutil.rmtree(path, ignore_errors=True)
+                    done.append(f"removed {name}")
+            elif name.startswith(".tmp-") and path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+                done.append(f"removed {name}")
+            elif name.startswith(".") and ".tmp-" in name and path.is_file():
+                path.unlink(missing_ok=True)
+                done.append(f"removed {name}")
+        return done
 
-def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
-    """(tensors, state, meta) of a complete checkpoint folder; nothing is unpickled."""
-    try:
-        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-        with safe_open(str(path / "model.safetensors"), framework="pt", device="cpu") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
-        raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from None
-    return tensors, state, meta
+    def quarantine(self, path: Path) -> Path:
+        """Move a checkpoint that cannot be resumed out of the way (never deleted): ckpt/unreadable-step-N."""
+        target = self.root / f"unreadable-{path.name}"
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.root / f"unreadable-{path.name}-{n}"
+        os.replace(path, target)
+        return target

@@ -18,16 +18,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from zoo.trainer import train
 
     recipe = load_recipe(_recipe_path(args.recipe), args.set)
-    name = check_name(args.name or Path(args.recipe).stem)
+    name = check_name(args.name if args.name is not None else Path(args.recipe).stem)
+    _check_runs_dir(args.runs_dir)
     if args.nproc_per_node > 1 and "RANK" not in os.environ:
         from zoo import dist
 
         argv = ["train", args.recipe, "--name", name, "--runs-dir", args.runs_dir]
         for item in args.set:
             argv += ["--set", item]
+        if args.restart:
+            argv.append("--restart")
         return dist.launch(args.nproc_per_node, argv, args.max_restarts)
-    result = train(recipe, Path(args.runs_dir) / name)
+    result = train(recipe, Path(args.runs_dir) / name, restart=args.restart)
     return 128 + result.signal if result.signal else 0
+
+
+def _check_runs_dir(runs_dir: str) -> None:
+    path = Path(runs_dir)
+    if path.exists() and not path.is_dir():
+        raise ZooError(f"--runs-dir {runs_dir} is a file, not a folder; name a folder for the runs")
 
 
 def _recipe_path(given: str) -> Path:
@@ -145,8 +154,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     except ZooError as exc:
         raise ZooError(f"{recipe_path}: {exc}") from None
     default = f"spam_{base_name}" if recipe.data.source == "embedded:sms_spam" else f"{recipe_path.stem}_{base_name}"
-    name = check_name(args.name or default)
-    result = train(recipe, Path(args.runs_dir) / name)
+    name = check_name(args.name if args.name is not None else default)
+    _check_runs_dir(args.runs_dir)
+    result = train(recipe, Path(args.runs_dir) / name, restart=args.restart)
     return 128 + result.signal if result.signal else 0
 
 
@@ -166,7 +176,13 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         path = Path(args.file)
         if not path.is_file():
             raise ZooError(f"file {path} does not exist")
-        texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError as exc:
+            raise ZooError(f"file {path} is not UTF-8 text (invalid byte at offset {exc.start}); give a text file "
+                           "with one message a line") from None
+        except OSError as exc:
+            raise ZooError(f"cannot read {path} ({exc.strerror})") from None
     elif args.text:
         texts = [args.text]
     else:
@@ -189,6 +205,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from zoo import compare
 
+    if args.plot and not Path(args.plot).resolve().parent.is_dir():
+        raise ZooError(f"--plot {args.plot}: the folder {Path(args.plot).parent} does not exist; create it first")
     runs = [compare.read_run(r) for r in args.runs]
     print(compare.render(compare.compare(runs), args.format))
     if args.plot:
@@ -287,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start this many processes on this machine through torchrun's launcher (DDP)")
     p.add_argument("--max-restarts", type=int, default=0,
                    help="with --nproc-per-node: restart all workers this many times after a failure")
+    p.add_argument("--restart", action="store_true",
+                   help="start the run over: its checkpoints, events and summary move to RUN/abandoned-<time>/")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("prepare-data", help="tokenise a recipe's corpus into cached token files")
@@ -297,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     def add_model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("run", nargs="?", help="a run directory, e.g. runs/char_rnn_shakespeare")
         p.add_argument("--weights", help="GPT-2 weights instead of a run: gpt2 (Hub id) or hf:PATH")
-        p.add_argument("--checkpoint", default="latest", help="latest, best or step-N")
+        p.add_argument("--checkpoint", default="best",
+                       help="best (default; the latest where no evaluation has chosen one), latest or step-N")
         p.add_argument("--device", default="auto")
         p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="change the run's recipe before loading, e.g. model.impl=scratch")
@@ -326,13 +347,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--name", help="run name (default: spam_<base>)")
     p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--restart", action="store_true",
+                   help="start the run over: its checkpoints, events and summary move to RUN/abandoned-<time>/")
     p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("classify", help="classify texts with a fine-tuned classifier run")
     p.add_argument("run")
     p.add_argument("text", nargs="?", help="the text to classify")
     p.add_argument("--file", help="a file with one message a line")
-    p.add_argument("--checkpoint", default="best", help="best, latest or step-N")
+    p.add_argument("--checkpoint", default="best",
+                   help="best (default; the latest where no evaluation has chosen one), latest or step-N")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_classify)
 
@@ -358,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-hf", help="export a run as a Hugging Face transformers folder (and push it)")
     p.add_argument("run")
     p.add_argument("out")
-    p.add_argument("--checkpoint", default="best", help="best, latest or step-N")
+    p.add_argument("--checkpoint", default="best",
+                   help="best (default; the latest where no evaluation has chosen one), latest or step-N")
     p.add_argument("--push-to-hub", metavar="USER/NAME", help="then upload the folder to this Hub repository")
     p.add_argument("--private", action="store_true", help="create the Hub repository as private")
     p.set_defaults(func=_cmd_export)
@@ -370,6 +395,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    if getattr(args, "nproc_per_node", 1) < 1:
+        raise ZooError("--nproc-per-node must be >= 1")
+    if getattr(args, "max_restarts", 0) < 0:
+        raise ZooError("--max-restarts must be >= 0")
+    if getattr(args, "num_samples", 1) < 1:
+        raise ZooError("--num-samples must be >= 1")
+    if getattr(args, "device", "auto") is not None:
+        from zoo.recipe import valid_device
+
+        if not valid_device(getattr(args, "device", "auto")):
+            raise ZooError(f"--device {args.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
     if getattr(args, "max_new_tokens", 1) < 0:
         raise ZooError("--max-new-tokens must be >= 0")
     if getattr(args, "temperature", 0) < 0:
@@ -384,8 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `zoo` console script. User errors print one line and return 2. Under torchrun,
     its error recording is on, so a failing rank's traceback reaches the launcher's summary."""
     if "TORCHELASTIC_RUN_ID" in os.environ:
-        from zoo.dist import record
+        from zoo.dist import die_with_parent, record
 
+        die_with_parent()  # a worker whose torchrun agent is gone (killed outright) goes too
         return record(_main)(argv)
     return _main(argv)
 
@@ -397,6 +434,13 @@ def _main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ZooError as exc:
         print(f"zoo: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a permission, a vanished file anywhere else: one line, not a traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"zoo: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("zoo: error: out of memory; use a smaller model, batch or data slice", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("zoo: interrupted", file=sys.stderr)

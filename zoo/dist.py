@@ -72,12 +72,16 @@ def init(env: DistEnv, device: torch.device) -> None:
 
 
 def _store(env: DistEnv, timeout: datetime.timedelta) -> dist.Store:
-    """torchrun's key-value store, under a prefix of its own for each restart attempt: after an elastic restart
-    the new workers must not read the addresses the dead attempt's workers published there."""
+    """torchrun's key-value store, under a prefix of its own for each attempt: after an elastic restart the
+    new workers must not read the addresses the dead attempt's workers published there (torchrun's shared
+    store outlives attempts). The attempt is counted per rank in the store itself, not taken from
+    TORCHELASTIC_RESTART_COUNT: with several nodes, a node restarted because another one failed keeps its
+    count, so the counts differ between nodes, while every rank starts once in every attempt."""
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), env.world_size,
                           is_master=env.rank == 0 and not agent_store, timeout=timeout)
-    return dist.PrefixStore(f"zoo/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    attempt = store.add(f"zoo/starts/world-{env.world_size}/rank-{env.rank}", 1)
+    return dist.PrefixStore(f"zoo/attempt-{attempt}", store)
 
 
 def wrap(model: torch.nn.Module, env: DistEnv, device: torch.device) -> torch.nn.Module:
@@ -121,7 +125,8 @@ def launch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
     """Run `python -m zoo ARGV` under torchrun's launcher with `nproc` processes on this machine."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            f"--max-restarts={max_restarts}", "-m", "zoo", *argv]
-    child = subprocess.Popen(cmd)
+    # if this process is killed outright (kill -9), torchrun gets SIGTERM and takes its workers down with it
+    child = subprocess.Popen(cmd, preexec_fn=lambda: die_with_parent(signal.SIGTERM))
     received: list[int] = []
 
     def forward(signum, frame):  # Ctrl-C / SIGTERM reach the workers through torchrun: they checkpoint and stop
@@ -135,6 +140,22 @@ def launch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def die_with_parent(signum: int = signal.SIGKILL) -> None:
+    """Ask Linux to send this process `signum` when its parent dies (no orphans after a kill -9 of the
+    launcher); elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signum))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), int(signum))
 
 
 def shutdown() -> None:

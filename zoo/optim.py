@@ -94,3 +94,25 @@ def lr_at(step: int, base_lr: float, config: ScheduleConfig, total_steps: int, s
         return base_lr * config.decay_rate**decays
     progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
     return config.min_lr + 0.5 * (base_lr - config.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict]:
+    """The optimizer's parameter groups without their parameters (what the recipe set)."""
+    return [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+
+
+def reapply(optimizer: torch.optim.Optimizer, groups: list[dict]) -> None:
+    """After `load_state_dict` (which brings back the saved groups' settings), put back the settings the
+    recipe asks for now (`hyperparameters` of a freshly built optimizer): a remedy such as another weight
+    decay or another `optim.impl` takes effect on resume. The step counters move to where that kernel wants
+    them (on the parameter's device for fused, on the CPU otherwise)."""
+    if len(groups) != len(optimizer.param_groups):
+        raise RecipeError("the optimizer's parameter groups differ from the checkpoint's (weight decay switched "
+                          "on or off, or optim.decay_all changed); these cannot change when a run resumes")
+    for group, fresh in zip(optimizer.param_groups, groups, strict=True):
+        group.update(fresh)
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        for p in group["params"]:
+            step = optimizer.state.get(p, {}).get("step")
+            if torch.is_tensor(step):
+                optimizer.state[p]["step"] = step.to(p.device if on_device else "cpu", torch.float32)

@@ -31,6 +31,11 @@ def check(ok: bool, key: str, message: str) -> None:
         raise RecipeError(f"recipe value {key} {message}")
 
 
+def valid_device(name: str) -> bool:
+    """auto, cpu, cuda, cuda:N or mps."""
+    return name in ("auto", "cpu", "cuda", "mps") or (name.startswith("cuda:") and name[5:].isdigit())
+
+
 # --------------------------------------------------------------------------------------------- sections
 @dataclass(frozen=True)
 class RunConfig:
@@ -44,10 +49,8 @@ class RunConfig:
     tf32: bool = doc("allow TF32 matmuls on CUDA (faster fp32 on Ampere and newer)", True)
 
     def validate(self) -> None:
-        ok = self.device in ("auto", "cpu", "cuda", "mps") or (
-            self.device.startswith("cuda:") and self.device[5:].isdigit()
-        )
-        check(ok, "run.device", f"is {self.device!r}; use auto, cpu, cuda, cuda:N or mps")
+        check(valid_device(self.device), "run.device", f"is {self.device!r}; use auto, cpu, cuda, cuda:N or mps")
+        check(0 <= self.seed < 2**32, "run.seed", f"is {self.seed}; use a whole number from 0 to 4294967295")
 
 
 @dataclass(frozen=True)

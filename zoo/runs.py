@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from zoo import registry
-from zoo.checkpoint import Checkpointer, load_model_tensors, read_checkpoint, write_atomic
+from zoo.checkpoint import Checkpointer, describe, load_model_tensors, write_atomic
 from zoo.errors import CheckpointError, RecipeError
 from zoo.recipe import Recipe, apply_overrides, dumps_toml, read_toml, recipe_changes, recipe_from_dict, recipe_to_dict
 from zoo.tokenizers import CharTokenizer, load_tokenizer
@@ -33,8 +34,14 @@ def lock_run_dir(run_dir: Path):
     the same run; returns the open lock file (keep a reference). The lock goes with the process."""
     import fcntl
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(run_dir / ".lock", "a+")  # noqa: SIM115 - held open on purpose
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir} is a file, not a run directory; choose another --name or --runs-dir")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(run_dir / ".lock", "a+")  # noqa: SIM115 - held open on purpose
+    except OSError as exc:
+        raise CheckpointError(f"cannot create the run directory {run_dir} ({describe(exc)}); choose another "
+                              "--runs-dir") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -44,21 +51,114 @@ def lock_run_dir(run_dir: Path):
     return handle
 
 
-def prepare_run_dir(recipe: Recipe, run_dir: Path) -> None:
-    """Create the run directory and write the resolved recipe; refuse a different recipe in an existing run
-    (only limits and cadences may change when a run is resumed)."""
-    new = recipe_to_dict(recipe)
+# Settings a run may change when it resumes after a non-finite or diverging loss stopped it: the remedies
+# the stop message names (learning rate, clipping, schedule, optimizer hyperparameters).
+REMEDIES = ("train.lr", "train.grad_clip", "schedule.", "optim.betas", "optim.eps", "optim.momentum",
+            "optim.alpha", "optim.weight_decay")
+DIVERGED = "diverged.json"
+HISTORY = "recipe_history.json"
+
+
+def _is_remedy(key: str) -> bool:
+    return any(key == r or (r.endswith(".") and key.startswith(r)) for r in REMEDIES)
+
+
+def check_recipe(recipe: Recipe, run_dir: Path, has_checkpoints: bool) -> dict[str, list]:
+    """Compare the recipe with the one saved in an existing run. Returns the changes to record (remedies after
+    a divergence, {key: [old, new]}); refuses any other change to a run that has checkpoints. A run with no
+    checkpoint yet may start over with another recipe."""
     saved = run_dir / "recipe.toml"
-    if saved.is_file():
+    if not saved.is_file():
+        return {}
+    try:
         old = read_toml(saved)
-        changes = recipe_changes(old, new)
-        if changes:
-            a, b = _flat(old), _flat(new)
-            shown = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changes[:4])
-            raise CheckpointError(f"{run_dir} holds a run of a different recipe ({shown}); choose another "
-                                  f"--name, or delete {run_dir} to start over")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(saved, dumps_toml(new))
+    except RecipeError:
+        old = None
+    new = recipe_to_dict(recipe)
+    if old is None:
+        if has_checkpoints:
+            raise CheckpointError(f"{saved} cannot be read, so the run's checkpoints cannot be matched to a recipe; "
+                                  f"restore it from a copy, or start over with --restart")
+        return {}
+    changes = recipe_changes(old, new)
+    if not changes:
+        return {}
+    a, b = _flat(old), _flat(new)
+    if not has_checkpoints:
+        shown = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changes[:4])
+        print(f"{run_dir} has no checkpoint yet: starting it with the new recipe ({shown})", flush=True)
+        return {}
+    diverged = (run_dir / DIVERGED).is_file()
+    if diverged and all(_is_remedy(k) for k in changes):
+        return {k: [a.get(k), b.get(k)] for k in changes}
+    shown = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changes[:4])
+    remedies = [k for k in changes if _is_remedy(k)]
+    hint = (f" ({', '.join(remedies)} may change only after a non-finite or diverging loss stopped the run)"
+            if remedies and not diverged else "")
+    raise CheckpointError(f"{run_dir} holds a run of a different recipe ({shown}){hint}; choose another --name, "
+                          f"or run with --restart to set its checkpoints aside and start over")
+
+
+def claim_run_dir(recipe: Recipe, run_dir: Path) -> None:
+    """Write the resolved recipe: from here on the directory holds this run."""
+    write_atomic(run_dir / "recipe.toml", dumps_toml(recipe_to_dict(recipe)))
+
+
+def record_changes(run_dir: Path, step: int, changes: dict[str, list]) -> str:
+    """Append a recipe change (remedies after a divergence) to recipe_history.json; returns its text."""
+    path = run_dir / HISTORY
+    try:
+        history = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        history = []
+    reason = {}
+    try:
+        reason = json.loads((run_dir / DIVERGED).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        pass
+    entry = {"from_step": step, "changes": changes, "after": reason}
+    history = (history if isinstance(history, list) else []) + [entry]
+    write_atomic(path, json.dumps(history, indent=1) + "\n")
+    (run_dir / DIVERGED).unlink(missing_ok=True)
+    return "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+
+
+def mark_diverged(run_dir: Path, info: dict[str, Any]) -> None:
+    """Remember that a non-finite or diverging loss stopped the run (so its remedies may be applied)."""
+    try:
+        write_atomic(run_dir / DIVERGED, json.dumps(info) + "\n")
+    except CheckpointError:
+        pass  # the stop message says what to do either way
+
+
+def set_aside(run_dir: Path) -> Path | None:
+    """--restart: move a run's checkpoints, events, summary and recipe into run_dir/abandoned-<time>/ (nothing
+    is deleted); returns that folder, or None if there was nothing to move."""
+    import time
+
+    names = ["ckpt", "tb", "summary.json", "recipe.toml", "tokenizer.json", HISTORY, DIVERGED]
+    present = [run_dir / n for n in names if (run_dir / n).exists()]
+    if not present:
+        return None
+    target = run_dir / time.strftime("abandoned-%Y%m%d-%H%M%S")
+    n = 1
+    while target.exists():
+        n += 1
+        target = run_dir / (time.strftime("abandoned-%Y%m%d-%H%M%S") + f"-{n}")
+    try:
+        target.mkdir()
+        for path in present:
+            os.replace(path, target / path.name)
+    except OSError as exc:
+        raise CheckpointError(f"cannot set {run_dir}'s files aside ({describe(exc)})") from None
+    return target
+
+
+def clean_run_dir(run_dir: Path) -> None:
+    """Remove temp files that a killed write left in the run directory (only while holding its lock)."""
+    for path in run_dir.glob(".*.tmp-*"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
 
 
 def _flat(data: dict[str, Any]) -> dict[str, Any]:
@@ -77,17 +177,18 @@ class LoadedRun:
     meta: dict[str, Any]
 
 
-def load_run(run_dir: str | Path, which: str = "latest", device: torch.device | str = "cpu",
+def load_run(run_dir: str | Path, which: str = "best", device: torch.device | str = "cpu",
              overrides: list[str] | None = None) -> LoadedRun:
-    """Rebuild the model of `run_dir` and load the `latest`, `best` or `step-N` checkpoint into it;
-    `overrides` (`section.key=value`) change the run's recipe first, e.g. `model.impl=scratch`."""
+    """Rebuild the model of `run_dir` and load the `best` (the default; the latest where there is no best),
+    `latest` or `step-N` checkpoint into it; an unreadable best/latest falls back to the newest readable one
+    with a warning. Only the weights are read, not the optimizer state. `overrides` (`section.key=value`)
+    change the run's recipe first, e.g. `model.impl=scratch`."""
     run_dir = Path(run_dir)
     if not (run_dir / "recipe.toml").is_file():
         raise CheckpointError(f"{run_dir} is not a zoo run (no recipe.toml); train one with `zoo train`")
     recipe = recipe_from_dict(apply_overrides(read_toml(run_dir / "recipe.toml"), overrides or []))
     tokenizer = load_tokenizer(run_dir / "tokenizer.json")
-    path = Checkpointer(run_dir).resolve(which)
-    tensors, _, meta = read_checkpoint(path)
+    path, tensors, meta = Checkpointer(run_dir).load_weights(which)
     model = registry.build_trainable(recipe, tokenizer.vocab_size, torch.device(device))
     load_model_tensors(model, tensors, meta.get("aliases", {}), str(path))
     model.to(device).eval()
@@ -99,5 +200,10 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "summary.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    """summary.json of a run, or None if it is missing or unreadable (not a JSON object)."""
+    path = Path(run_dir) / "summary.json"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return summary if isinstance(summary, dict) else None

@@ -146,4 +146,9 @@ def load_tokenizer(path: str | Path) -> CharTokenizer | Gpt2Tokenizer:
     path = Path(path)
     if not path.is_file():
         raise ZooError(f"tokenizer file {path} is missing")
-    return tokenizer_from_dict(json.loads(path.read_text(encoding="utf-8")))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return tokenizer_from_dict(data)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ZooError(f"tokenizer file {path} cannot be read ({type(exc).__name__}: {str(exc)[:120]}); it "
+                       "belongs to the run's checkpoints: restore it from a copy") from None

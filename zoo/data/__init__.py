@@ -22,6 +22,9 @@ def read_text(source: str, errors: str = "strict") -> str:
             raise DataError(f"unknown embedded dataset {name!r}; embedded: {', '.join(EMBEDDED)}")
         return (importlib.resources.files("zoo.data") / "embedded" / EMBEDDED[name]).read_text("utf-8")
     path = Path(source).expanduser()
+    if path.is_dir():
+        raise DataError(f"data.source {path} is a folder; a character-level recipe reads one UTF-8 text file "
+                        "(folders of .jsonl/.parquet documents need data.tokenizer = \"gpt2\")")
     if not path.is_file():
         raise DataError(f"data file {path} does not exist; set data.source to a UTF-8 text file "
                         f"or embedded:tinyshakespeare")

@@ -10,11 +10,14 @@ JSON, the modelling code and a model card are written."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
 
 from zoo.errors import ZooError
+from zoo.models.base import count_parameters
 from zoo.models.gpt2 import CONV1D
 from zoo.runs import load_run, read_summary
 
@@ -190,7 +193,8 @@ license: mit
 A {kind} trained with zoo (`zoo train`), exported with `zoo export-hf`.
 
 - Architecture: {_architecture(run)}; vocabulary {backbone.vocab_size} ({run.tokenizer.kind} tokenizer)
-- Parameters: {summary.get('params', 'n/a'):,}
+- Parameters: {count_parameters(run.model):,}
+- Checkpoint: {run.checkpoint.name} (run {summary.get('status', 'still training, or stopped before its end')})
 - Data: `{run.recipe.data.source}`{f" (labels: {', '.join(run.recipe.task.labels)})" if classify else ""}
 - Metrics (losses in nats per token): {json.dumps(metrics)}
 - Licence: the weights are released under MIT; the training data keeps its own licence (see zoo's
@@ -228,29 +232,76 @@ def push_to_hub(out: Path, repo_id: str, private: bool = False) -> str:
 
 
 def export_hf(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best") -> Path:
-    """Export a run to a Hugging Face folder; returns the folder."""
-    run = load_run(run_dir, checkpoint)
+    """Export a run (finished or still training: any checkpoint) to a Hugging Face folder; returns the folder.
+    The folder is written under a temporary name and renamed into place, so a failure leaves no half export
+    (and an earlier export in OUT stays as it was)."""
     out = Path(out_dir)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    for stale in (*out.parent.glob(f".{out.name}.old-*"), *out.parent.glob(f".{out.name}.tmp-*")):
+        if _alive(stale.name.rsplit("-", 1)[-1]):
+            continue
+        if ".old-" in stale.name and not out.exists():  # killed between its two renames: the earlier export
+            os.replace(stale, out)
+        else:  # left by an export that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+    if out.exists() and not out.is_dir():
+        raise ZooError(f"{out} is a file; name a folder to export into")
+    if out.exists() and any(out.iterdir()) and not (out / "config.json").exists():
+        raise ZooError(f"{out} exists and holds other files; choose a new folder or an earlier export's folder")
+    run = load_run(run_dir, checkpoint)
     kind = run.recipe.task.kind
     arch = run.recipe.model.arch
     what = "language model" if kind == "lm" else "sequence classifier"
     if arch not in ("gpt2", "char_rnn") or kind not in ("lm", "classify"):
         raise ZooError(f"zoo export-hf exports GPT-2 and char-RNN language models and classifiers; {run_dir} is a "
                        f"{arch} {kind} run")
-    if out.exists() and any(out.iterdir()) and not (out / "config.json").exists():
-        raise ZooError(f"{out} exists and holds other files; choose a new folder or an earlier export's folder")
-    out.mkdir(parents=True, exist_ok=True)
     logging = _transformers().utils.logging
     bars = logging.is_progress_bar_enabled()
     logging.disable_progress_bar()  # transformers' "Writing model shards" bars say nothing here
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
         if arch == "gpt2":
-            export_gpt2(run, out)
-            model_card(run, out, f"GPT-2 {what}", remote=False)
+            export_gpt2(run, tmp)
+            model_card(run, tmp, f"GPT-2 {what}", remote=False)
         else:
-            export_rnn(run, out)
-            model_card(run, out, f"char-RNN {what}", remote=True)
+            export_rnn(run, tmp)
+            model_card(run, tmp, f"char-RNN {what}", remote=True)
+        mode = 0o666 & ~_umask()
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                path.chmod(mode)  # every file readable like any other the user writes (some are saved 0600)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except OSError as exc:
+        raise ZooError(f"could not write the export to {out} ({exc.filename or ''}: {exc.strerror or exc}); "
+                       "nothing was changed there") from None
     finally:
+        shutil.rmtree(tmp, ignore_errors=True)
         if bars:
             logging.enable_progress_bar()
     return out
+
+
+def _alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import importlib.resources
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,9 +77,12 @@ def read_labelled(source: str, config: ClassifyTaskConfig) -> list[tuple[str, st
     if not path.is_file():
         raise DataError(f"data file {path} does not exist; set data.source to a CSV/TSV file or embedded:sms_spam")
     tsv = path.suffix.lower() in (".tsv", ".tab")
+    csv.field_size_limit(max(csv.field_size_limit(), 64 * 2**20))  # a long message is fine; a runaway quote is not
     try:
         with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.reader(f, delimiter="\t" if tsv else ",", quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
+            # strict: a quote left open is an error at the end of the file, not a field that swallows rows
+            reader = csv.reader(f, delimiter="\t" if tsv else ",", strict=True,
+                                quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
             header = next(reader, None)
             if header is None:
                 raise DataError(f"data file {path} is empty")
@@ -87,8 +91,14 @@ def read_labelled(source: str, config: ClassifyTaskConfig) -> list[tuple[str, st
                 raise DataError(f"{path}:1: no column {', '.join(map(repr, missing))} (columns: {', '.join(header)});"
                                 f" set task.text_column / task.label_column")
             ti, li = header.index(config.text_column), header.index(config.label_column)
-            return [(row[ti] if ti < len(row) else "", row[li] if li < len(row) else "", f"{path}:{n}")
-                    for n, row in enumerate(reader, start=2)]
+            rows = []
+            for row in reader:
+                rows.append((row[ti] if ti < len(row) else "", row[li] if li < len(row) else "",
+                             f"{path}:{reader.line_num}"))
+            return rows
+    except csv.Error as exc:
+        raise DataError(f"{path}:{reader.line_num}: {exc} (a quote that is never closed, or a field longer than "
+                        "64 MiB?); fix the quoting of that row") from None
     except UnicodeDecodeError as exc:
         raise DataError(f"data file {path} is not UTF-8 (invalid byte at offset {exc.start})") from None
 
@@ -173,10 +183,9 @@ class Classifier(nn.Module):
         """Start from the base: a zoo run's checkpoint, or GPT-2 weights (the backbone's init_from)."""
         base = self.config.base
         if base and not base.startswith("hf:"):
-            from zoo.checkpoint import Checkpointer, load_model_tensors, read_checkpoint
+            from zoo.checkpoint import Checkpointer, load_model_tensors
 
-            path = Checkpointer(base).resolve(self.config.base_checkpoint)
-            tensors, _, meta = read_checkpoint(path)
+            path, tensors, meta = Checkpointer(base).load_weights(self.config.base_checkpoint)
             load_model_tensors(self.backbone, tensors, meta.get("aliases", {}), str(path))
             return True
         return bool(getattr(self.backbone, "load_pretrained", lambda: False)())
@@ -246,6 +255,10 @@ class ClassifyTask:
 
     def tokens_per_step(self) -> int:
         return self.batch_size  # examples per step (progress is counted in examples for classification)
+
+    def chance_loss(self) -> float:
+        """The loss of a uniform guess over the classes (nats per example)."""
+        return math.log(len(self.config.labels))
 
     def micro_batches(self, step: int, rank: int, world_size: int, micro_batch_size: int) -> list[Batch]:
         epoch, i = divmod(step, self.steps_per_epoch())

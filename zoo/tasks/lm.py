@@ -11,6 +11,7 @@ become tensors.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -51,8 +52,9 @@ class LMTask:
     """Language modelling over token splits for any backbone."""
 
     def __init__(self, config: LMTaskConfig, splits: TokenSplits, *, stateful: bool, batch_size: int,
-                 seq_len: int, seed: int, eval_batch_size: int, eval_max_tokens: int):
+                 seq_len: int, seed: int, eval_batch_size: int, eval_max_tokens: int, vocab_size: int = 2):
         self.config = config
+        self.vocab_size = vocab_size
         self.splits = splits
         self.streams = config.sampling == "streams" or (config.sampling == "auto" and stateful)
         self.batch_size = batch_size
@@ -80,6 +82,10 @@ class LMTask:
 
     def tokens_per_step(self) -> int:
         return self.batch_size * self.seq_len
+
+    def chance_loss(self) -> float:
+        """The loss of a uniform guess over the vocabulary (nats per token)."""
+        return math.log(max(2, self.vocab_size))
 
     def micro_batches(self, step: int, rank: int, world_size: int, micro_batch_size: int) -> list[Batch]:
         """This rank's micro-batches of global step `step`. The global batch is the same for any world
@@ -190,4 +196,4 @@ def metrics(config: LMTaskConfig, sums: dict[str, float]) -> dict[str, float]:
 def build(config: LMTaskConfig, recipe, splits: TokenSplits, model: nn.Module) -> LMTask:
     return LMTask(config, splits, stateful=model.stateful, batch_size=recipe.train.batch_size,
                   seq_len=recipe.train.seq_len, seed=recipe.run.seed, eval_batch_size=recipe.eval.batch_size,
-                  eval_max_tokens=recipe.eval.max_tokens)
+                  eval_max_tokens=recipe.eval.max_tokens, vocab_size=model.vocab_size)
