@@ -28,19 +28,19 @@ def test_char_rnn_classifier_beats_the_majority_and_classify_agrees_with_eval(zo
     run = tmp_path / "runs" / "spam_base"
     summary = read_summary(run)
     test = summary["test_metrics"]
-    assert test["examples"] == 299 and test["accuracy"] > 0.75, test  # balanced: the majority gets 0.50
-    assert sum(map(sum, test["confusion"])) == 299 and 0 <= test["f1"] <= 1
+    assert test["examples"] == 300 and test["accuracy"] > 0.75, test  # the book's split; the majority gets 0.50
+    assert sum(map(sum, test["confusion"])) == 300 and 0 <= test["f1"] <= 1
     report = json.loads(zoo("eval", run, "--split", "test", "--checkpoint", "best").out)
     # zoo classify on the same test messages agrees with zoo eval
     from zoo.tasks.classify import split_texts
 
     recipe = recipe_from_dict(read_toml(run / "recipe.toml"))
     texts = split_texts(recipe)["test"]
-    (tmp_path / "msgs.txt").write_text("\n".join(t.replace("\n", " ") for t, _ in texts))
+    (tmp_path / "msgs.txt").write_text("\n".join(t.replace("\n", " ") for t, _, _ in texts))
     out = zoo("classify", run, "--file", tmp_path / "msgs.txt")
     assert out.code == 0, out
     predicted = [line.split("\t")[0] for line in out.out.splitlines()]
-    accuracy = sum(p == recipe.task.labels[y] for p, (_, y) in zip(predicted, texts, strict=True)) / len(texts)
+    accuracy = sum(p == recipe.task.labels[y] for p, (_, y, _) in zip(predicted, texts, strict=True)) / len(texts)
     assert accuracy == pytest.approx(report["accuracy"], abs=2 / len(texts))  # newlines in 2-3 texts differ
     one = zoo("classify", run, "WINNER!! Claim your free prize now, call 09061701461")
     label, prob = one.out.split()
@@ -61,7 +61,8 @@ def test_gpt2_from_hf_weights_trains_only_the_last_block_norm_and_head(zoo, tmp_
     assert result.code == 0, result
     summary = read_summary(tmp_path / "runs" / "spam_gpt2")
     block = 4 * 32 + 3 * 32 * 32 + 3 * 32 + 32 * 32 + 32 + 4 * 32 * 32 + 4 * 32 + 4 * 32 * 32 + 32
-    assert summary["trainable_params"] == block + 2 * 32 + 2 * 32  # last block + ln_f + 2-class head
+    # last block + ln_f + the book's 2-class head with its bias
+    assert summary["trainable_params"] == block + 2 * 32 + 2 * 32 + 2
     assert 0 <= summary["test_metrics"]["accuracy"] <= 1
     out = zoo("classify", tmp_path / "runs" / "spam_gpt2", "Are we still on for lunch?")
     assert out.code == 0 and out.out.split()[0] in ("ham", "spam")

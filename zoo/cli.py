@@ -104,10 +104,25 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise ZooError("--weights needs --data RECIPE to say which data to evaluate on")
     if recipe.data.tokenizer != tok.kind:
         raise ZooError(f"the model's tokenizer is {tok.kind} but the data recipe's is {recipe.data.tokenizer}")
+    if args.predictions and not Path(args.predictions).resolve().parent.is_dir():
+        raise ZooError(f"--predictions {args.predictions}: the folder {Path(args.predictions).parent} does not exist")
     _, data, _ = registry.load_data(recipe, tok)
     task = registry.build_task(recipe, data, model)
+    if args.predictions and not hasattr(task, "predictions"):
+        raise ZooError(f"--predictions lists a classifier's predictions; {label} is a {recipe.task.kind} model")
     result = registry.task_module(recipe).metrics(recipe.task, task.evaluate(model, args.split, device))
     print(json.dumps({"model": label, "split": args.split, **result}, indent=1))
+    if args.predictions:
+        import csv
+
+        rows = task.predictions(model, args.split, device)
+        with open(args.predictions, "w", encoding="utf-8", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["where", "text", "label", "predicted", "probability"])
+            writer.writeheader()
+            writer.writerows(rows)
+        wrong = sum(r["label"] != r["predicted"] for r in rows)
+        print(f"wrote {len(rows)} predictions of the {args.split} split to {args.predictions} ({wrong} wrong)",
+              file=sys.stderr)
     return 0
 
 
@@ -161,11 +176,10 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
-    import torch
 
     from zoo.dist import environment, resolve_device
     from zoo.runs import load_run
-    from zoo.tasks.classify import pad, pad_id_for
+    from zoo.tasks.classify import predict
 
     device = resolve_device(args.device, environment())
     run = load_run(args.run, args.checkpoint, device)
@@ -187,16 +201,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         texts = [args.text]
     else:
         raise ZooError("give a text to classify, or --file with one message a line")
-    labels = run.recipe.task.labels
-    limit = run.recipe.task.max_length or run.model.max_seq_len
-    pad_id = pad_id_for(run.tokenizer.kind)
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(texts), 32):
-            part = [(run.tokenizer.encode(t)[:limit] or [pad_id], 0) for t in texts[start:start + 32]]
-            x, _, lengths = pad(part, pad_id)
-            probs = run.model(x.to(device), lengths.to(device)).float().softmax(-1).cpu()
-            out += [(labels[int(p.argmax())], float(p.max())) for p in probs]
+    out = predict(run.model, run.tokenizer, texts, device)
     for text, (label, prob) in zip(texts, out, strict=True):
         print(f"{label} {prob:.2f}" if not args.file else f"{label}\t{prob:.4f}\t{text}")
     return 0
@@ -338,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--data", help="a recipe whose [data] to evaluate on (default: the run's own)")
+    p.add_argument("--predictions", metavar="FILE.csv",
+                   help="classifiers: write every example of the split with its text, true and predicted label and "
+                        "probability")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("finetune-classifier", help="fine-tune a language model into a text classifier")

@@ -88,7 +88,8 @@ def _stats(values: list[float]) -> tuple[float, float]:
 
 def compare(runs: list[RunInfo]) -> list[dict[str, Any]]:
     """One row per experiment (runs that differ only by seed are one row, mean +- std), with deltas against
-    the first row and whether a delta exceeds the noise (2 x the seeds' std)."""
+    the first row and whether a delta exceeds the noise (2 x the seeds' std). The test loss is the best
+    checkpoint's (summary.json's test_loss); final_test_loss, the last weights', is shown where it differs."""
     if not runs:
         raise ZooError("name at least one run directory to compare")
     keys = differing(runs)
@@ -100,6 +101,7 @@ def compare(runs: list[RunInfo]) -> list[dict[str, Any]]:
         tests = [r.summary["test_loss"] for r in group if r.summary.get("test_loss") is not None]
         vals = [r.summary["best_val_loss"] for r in group if r.summary.get("best_val_loss") is not None]
         finals = [r.summary["final_val_loss"] for r in group if r.summary.get("final_val_loss") is not None]
+        final_tests = [r.summary["final_test_loss"] for r in group if r.summary.get("final_test_loss") is not None]
         bpc = [b for r in group if (b := r.bits_per_char()) is not None]
         row: dict[str, Any] = {
             "run": first.name if len(group) == 1 else f"{first.name} (+{len(group) - 1} seeds)",
@@ -112,6 +114,7 @@ def compare(runs: list[RunInfo]) -> list[dict[str, Any]]:
             "final_val_loss": _stats(finals)[0] if finals else None,
             "test_loss": _stats(tests)[0] if tests else None,
             "test_loss_std": _stats(tests)[1] if tests else None,
+            "final_test_loss": _stats(final_tests)[0] if final_tests else None,
             "test_bits_per_char": _stats(bpc)[0] if bpc else None,
         }
         if i == 0:
@@ -150,6 +153,8 @@ def render(rows: list[dict[str, Any]], fmt: str = "table") -> str:
         columns.remove("exceeds_noise")
     if all(r.get("test_bits_per_char") is None for r in rows):
         columns.remove("test_bits_per_char")
+    if all(r.get("final_test_loss") in (None, r.get("test_loss")) for r in rows):
+        columns.remove("final_test_loss")  # the best checkpoint was the last one everywhere
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")

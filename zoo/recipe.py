@@ -61,7 +61,10 @@ class DataConfig:
     tokenizer: Literal["char", "gpt2"] = doc(
         "char: the training text's characters, sorted; gpt2: OpenAI's GPT-2 BPE (50,257 ids)", "char")
     splits: tuple[float, float, float] = doc(
-        "train/val/test fractions of a single text, cut by position", (0.9, 0.05, 0.05))
+        "train/val/test fractions of a single text, cut by position (test may be 0 with eval.test = false)",
+        (0.9, 0.05, 0.05))
+    cut: Literal["round", "floor"] = doc(
+        "where a fraction cuts a single text: round(n * f), or floor, int(n * f), as nanoGPT's prepare.py", "round")
     encoding_errors: Literal["strict", "replace"] = doc(
         "strict: invalid UTF-8 is an error; replace: decode it as U+FFFD", "strict")
     text_field: str = doc("the text column of .jsonl/.parquet/Hub datasets", "text")
@@ -72,7 +75,8 @@ class DataConfig:
     cache_dir: str = doc("where prepared token files go (empty = $ZOO_CACHE or ~/.cache/zoo)", "")
 
     def validate(self) -> None:
-        check(all(f > 0 for f in self.splits), "data.splits", f"is {list(self.splits)}; each must be > 0")
+        check(self.splits[0] > 0 and self.splits[1] > 0 and self.splits[2] >= 0, "data.splits",
+              f"is {list(self.splits)}; train and val must be > 0 (test >= 0)")
         check(math.isclose(sum(self.splits), 1.0, abs_tol=1e-6), "data.splits",
               f"is {list(self.splits)}; the fractions must add up to 1")
         check(bool(self.source), "data.source", "is empty; name a text file or embedded:tinyshakespeare")
@@ -332,6 +336,9 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
     sections = {name: build_config(hints[name], raw.get(name, {}), name)
                 for name in SECTIONS if name not in ("model", "task")}
     recipe = Recipe(model=model, task=task, **sections)
+    if recipe.data.splits[2] == 0 and recipe.eval.test:
+        raise RecipeError("recipe value data.splits leaves no test split; set eval.test = false as well (e.g. for "
+                          "nanoGPT's 90/10 train/val cut), or give the test split a fraction")
     for part in (model, task):
         if hasattr(part, "validate_recipe"):
             part.validate_recipe(recipe)

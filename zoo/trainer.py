@@ -720,6 +720,23 @@ class Trainer:
             if early_stop or is_last:
                 return c.ended
 
+    def _load_best(self) -> Path | None:
+        """Put the best checkpoint's weights into the model, if it is not the last step's; its folder, or None
+        when the last weights are the best (or the best cannot be read: then a warning)."""
+        best = self.ckpt.best()
+        if best is None or self.counters.best_step in (-1, self.counters.step):
+            return None
+        try:
+            path, tensors, meta = self.ckpt.load_weights("best", note=lambda m: None)
+            if path != best:
+                raise CheckpointError(f"{best} cannot be read")
+            load_model_tensors(self.model, tensors, meta.get("aliases", {}), str(path))
+        except CheckpointError as exc:
+            if self.main:
+                warn(f"the test loss is the last weights' ({exc})")
+            return None
+        return best
+
     def _finish(self, status: str, progress: _Progress) -> dict:
         """The run's end: test evaluation, hparams and summary.json (written last: it marks the end done)."""
         c, recipe = self.counters, self.recipe
@@ -739,16 +756,27 @@ class Trainer:
             ids = self.splits.test[:1_000_000]
             summary["test_chars_per_token"] = len(self.tokenizer.decode([int(i) for i in ids])) / max(1, len(ids))
         if status != "interrupted" and recipe.eval.test:
-            test = self.evaluate("test")
+            # the last weights' test loss, then the best checkpoint's: runs are judged by the best (the one
+            # `best` names and every command reads by default), the last beside it under its own name
+            final = self.evaluate("test")
+            summary["final_test_loss"] = final["loss"]
+            self.logger.scalars({"loss/test_final": final["loss"]}, c.step)
+            test, val, where = final, None, self.ckpt.latest()
+            best = self._load_best()
+            if best is not None:
+                test, where = self.evaluate("test"), best
             summary["test_loss"] = test["loss"]
-            self.logger.scalars({"loss/test": summary["test_loss"]}, c.step)
-            if "accuracy" in test:  # classification: every metric of the final model on val and test
-                summary["test_metrics"] = test
-                summary["val_metrics"] = self.evaluate("val")
+            summary["test_checkpoint"] = where.name if where is not None else None
+            self.logger.scalars({"loss/test": test["loss"]}, c.step)
+            if "accuracy" in test:  # classification: every metric of the best checkpoint on val and test
+                val = self.evaluate("val")
+                summary["test_metrics"], summary["val_metrics"] = test, val
+                summary["final_test_metrics"] = final
                 self.logger.scalars({"acc/test": test["accuracy"]}, c.step)
                 progress.line(f"test accuracy {test['accuracy']:.4f} (precision {test['precision']:.4f}, recall "
-                              f"{test['recall']:.4f}, F1 {test['f1']:.4f})")
-            progress.line(f"test loss {summary['test_loss']:.4f}")
+                              f"{test['recall']:.4f}, F1 {test['f1']:.4f}) at {summary['test_checkpoint']}")
+            progress.line(f"test loss {summary['test_loss']:.4f} at {summary['test_checkpoint']}"
+                          + (f" (the last weights': {final['loss']:.4f})" if best is not None else ""))
         if self.main:
             if status != "interrupted":
                 metrics = {f"final/{k}": float(summary[k]) for k in ("final_val_loss", "best_val_loss", "test_loss")

@@ -52,16 +52,19 @@ class TokenSplits:
         return getattr(self, split)
 
 
-def split_tokens(ids: np.ndarray, fractions: tuple[float, float, float]) -> TokenSplits:
-    """Cut one token sequence into train/val/test by position (train first, test last)."""
+def split_tokens(ids: np.ndarray, fractions: tuple[float, float, float], cut: str = "round") -> TokenSplits:
+    """Cut one token sequence into train/val/test by position (train first, test last), at round(n * f) or,
+    with cut = "floor", at int(n * f) (nanoGPT's `data[:int(n*0.9)]`); with no test fraction, val runs to
+    the end."""
     n = len(ids)
-    a = int(round(n * fractions[0]))
-    b = int(round(n * (fractions[0] + fractions[1])))
+    at = (lambda f: int(n * f)) if cut == "floor" else (lambda f: int(round(n * f)))
+    a = at(fractions[0])
+    b = n if fractions[2] == 0 else at(fractions[0] + fractions[1])
     return TokenSplits(train=ids[:a], val=ids[a:b], test=ids[b:])
 
 
 def char_data(source: str, fractions: tuple[float, float, float], errors: str = "strict",
-              tokenizer: CharTokenizer | None = None) -> tuple[CharTokenizer, TokenSplits]:
+              tokenizer: CharTokenizer | None = None, cut: str = "round") -> tuple[CharTokenizer, TokenSplits]:
     """Read a text, learn (or reuse) its character vocabulary, and split its ids."""
     text = read_text(source, errors)
     if not text:
@@ -71,7 +74,7 @@ def char_data(source: str, fractions: tuple[float, float, float], errors: str = 
     if missing:
         raise DataError(f"data source {source} has characters the run's vocabulary lacks "
                         f"({', '.join(map(repr, missing[:10]))}); start a new run for new text")
-    return tokenizer, split_tokens(tokenizer.encode_array(text), fractions)
+    return tokenizer, split_tokens(tokenizer.encode_array(text), fractions, cut)
 
 
 def _single_text(source: str) -> bool:
@@ -84,12 +87,12 @@ def load_splits(data, tokenizer=None, progress: bool = True):
     """(tokenizer, TokenSplits, info) for a recipe's [data] section. Character data and single BPE texts are
     split by position in memory; BPE corpora are prepared once into cached token files (`zoo prepare-data`)."""
     if data.tokenizer == "char":
-        tok, splits = char_data(data.source, data.splits, data.encoding_errors, tokenizer)
+        tok, splits = char_data(data.source, data.splits, data.encoding_errors, tokenizer, data.cut)
         return tok, splits, {"source": data.source, "tokens": {k: len(splits[k]) for k in ("train", "val", "test")}}
     tok = Gpt2Tokenizer()
     if _single_text(data.source):
         ids = np.asarray(tok.encode(read_text(data.source, data.encoding_errors)), dtype=np.uint16)
-        splits = split_tokens(ids, data.splits)
+        splits = split_tokens(ids, data.splits, data.cut)
         return tok, splits, {"source": data.source, "tokens": {k: len(splits[k]) for k in ("train", "val", "test")}}
     from zoo.data import tokens
 

@@ -255,6 +255,11 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best"
     if arch not in ("gpt2", "char_rnn") or kind not in ("lm", "classify"):
         raise ZooError(f"zoo export-hf exports GPT-2 and char-RNN language models and classifiers; {run_dir} is a "
                        f"{arch} {kind} run")
+    if kind == "classify" and (run.recipe.task.pooling != "last_token" or run.recipe.task.head_bias):
+        raise ZooError(f"{run_dir} reads the last padded position or has a head bias (the book's settings); "
+                       "transformers' sequence classifiers read the last real token with a bias-free head, so the "
+                       "export would predict differently: train with task.pooling = \"last_token\" and "
+                       "task.head_bias = false to share it")
     logging = _transformers().utils.logging
     bars = logging.is_progress_bar_enabled()
     logging.disable_progress_bar()  # transformers' "Writing model shards" bars say nothing here

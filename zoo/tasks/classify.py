@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import importlib.resources
+import io
 import math
 import random
 from collections.abc import Callable
@@ -41,6 +42,17 @@ class ClassifyTaskConfig:
         "default: the last block/recurrent layer, the final norm and the head; last_n: the last `last_n` "
         "blocks too; head_only; all", "default")
     last_n: int = doc("blocks or recurrent layers trained with trainable = \"last_n\"", 1)
+    split: Literal["seeded", "book"] = doc(
+        "seeded: balance and shuffle with run.seed, cut by rounding; book: Raschka ch. 6 exactly (the file read "
+        "as pandas reads it, ham sampled and the set shuffled with numpy's RandomState(123) as pandas' sample "
+        "does, cut by truncation: the same messages in the same order as the book's train/val/test)", "seeded")
+    pooling: Literal["last_token", "last_position"] = doc(
+        "the hidden state the head reads: last_token (each message's last real token) or last_position (the "
+        "last position of the padded row, the book's)", "last_token")
+    padding: Literal["batch", "longest_train"] = doc(
+        "batch: pad each batch to its longest message; longest_train: pad (and truncate) every message to the "
+        "longest training message, the book's", "batch")
+    head_bias: bool = doc("give the classification head a bias (the book's nn.Linear has one)", False)
 
     def validate(self) -> None:
         check(len(self.labels) >= 2 and len(set(self.labels)) == len(self.labels), "task.labels",
@@ -54,11 +66,13 @@ class ClassifyTaskConfig:
 # ------------------------------------------------------------------------------------------------ data
 @dataclass
 class Examples:
-    """Token ids and label indices of the train/val/test splits."""
+    """Token ids and label indices of the train/val/test splits, and where each came from (`sources`: the
+    text and its file:line, for predictions)."""
 
     train: list[tuple[list[int], int]]
     val: list[tuple[list[int], int]]
     test: list[tuple[list[int], int]]
+    sources: dict[str, list[tuple[str, str]]] | None = None
 
     def __getitem__(self, split: str) -> list[tuple[list[int], int]]:
         if split not in ("train", "val", "test"):
@@ -66,11 +80,27 @@ class Examples:
         return getattr(self, split)
 
 
+def _quoted_tsv(text: str, where: str) -> list[tuple[str, str, str]]:
+    """label TAB text rows read as pandas' `read_csv(sep="\\t", header=None)` reads them: a field that opens
+    with a double quote runs to its closing quote, across line ends (in the SMS Spam Collection three ham
+    lines become one message this way, as in the book)."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quotechar='"')
+    rows, start = [], 1
+    for row in reader:
+        if len(row) >= 2:
+            rows.append((row[1], row[0], f"{where}:{start}"))
+        start = reader.line_num + 1
+    return rows
+
+
 def read_labelled(source: str, config: ClassifyTaskConfig) -> list[tuple[str, str, str]]:
     """(text, label, where) rows of `embedded:sms_spam` (label TAB text, no header) or a CSV/TSV file with a
-    header row naming `text_column` and `label_column`."""
+    header row naming `text_column` and `label_column`. The SMS file is read a line a message, or for the
+    book's split as pandas reads it."""
     if source == "embedded:sms_spam":
         raw = (importlib.resources.files("zoo.data") / "embedded" / "sms_spam.tsv").read_text("utf-8")
+        if config.split == "book":
+            return _quoted_tsv(raw, "sms_spam.tsv")
         rows = [line.split("\t", 1) for line in raw.splitlines()]
         return [(text, label, f"sms_spam.tsv:{i + 1}") for i, (label, text) in enumerate(rows)]
     path = Path(source).expanduser()
@@ -103,33 +133,54 @@ def read_labelled(source: str, config: ClassifyTaskConfig) -> list[tuple[str, st
         raise DataError(f"data file {path} is not UTF-8 (invalid byte at offset {exc.start})") from None
 
 
-def split_texts(recipe) -> dict[str, list[tuple[str, int]]]:
-    """The labelled texts, checked, balanced, shuffled and split (seeded): {split: [(text, label index)]}."""
+BOOK_SEED = 123  # random_state of the book's create_balanced_dataset and random_split
+
+
+def split_texts(recipe) -> dict[str, list[tuple[str, int, str]]]:
+    """The labelled texts, checked, balanced, shuffled and split: {split: [(text, label index, where)]}.
+    `task.split = "seeded"` balances and shuffles with Python's random seeded by run.seed and cuts by rounding;
+    `"book"` is Raschka's create_balanced_dataset + random_split: each larger class sampled down to the
+    smallest with numpy's RandomState(123) (pandas' `sample(n, random_state=123)` is `permutation(len)[:n]`),
+    classes concatenated in label order, the whole shuffled with RandomState(123).permutation (pandas'
+    `sample(frac=1)`), cut at int(n * fraction) (the book's `int(len(df) * train_frac)`)."""
     config: ClassifyTaskConfig = recipe.task
     rows = read_labelled(recipe.data.source, config)
-    by_class: dict[int, list[str]] = {i: [] for i in range(len(config.labels))}
+    by_class: dict[int, list[tuple[str, str]]] = {i: [] for i in range(len(config.labels))}
     for text, label, where in rows:
         if label not in config.labels:
             raise DataError(f"{where}: label {label!r} is not one of {', '.join(config.labels)} (set task.labels)")
         if not text.strip():
             raise DataError(f"{where}: the text is empty")
-        by_class[config.labels.index(label)].append(text)
+        by_class[config.labels.index(label)].append((text, where))
     empty = [config.labels[i] for i, texts in by_class.items() if not texts]
     if empty:
         raise DataError(f"{recipe.data.source} has no examples of class {', '.join(map(repr, empty))}")
-    rng = random.Random(recipe.run.seed)
-    if config.balance:
+    n_train, n_val = recipe.data.splits[0], recipe.data.splits[1]
+    if config.split == "book":
+        import numpy as np
+
         smallest = min(len(t) for t in by_class.values())
-        by_class = {i: rng.sample(texts, smallest) for i, texts in by_class.items()}
-    items = [(text, i) for i, texts in by_class.items() for text in texts]
-    rng.shuffle(items)
-    n = len(items)
-    a = int(round(n * recipe.data.splits[0]))
-    b = int(round(n * (recipe.data.splits[0] + recipe.data.splits[1])))
+        if config.balance:
+            by_class = {i: [texts[j] for j in np.random.RandomState(BOOK_SEED).permutation(len(texts))[:smallest]]
+                        if len(texts) > smallest else texts for i, texts in by_class.items()}
+        items = [(text, i, where) for i, texts in by_class.items() for text, where in texts]
+        items = [items[j] for j in np.random.RandomState(BOOK_SEED).permutation(len(items))]
+        a = int(len(items) * n_train)
+        b = a + int(len(items) * n_val)
+    else:
+        rng = random.Random(recipe.run.seed)
+        if config.balance:
+            smallest = min(len(t) for t in by_class.values())
+            by_class = {i: rng.sample(texts, smallest) for i, texts in by_class.items()}
+        items = [(text, i, where) for i, texts in by_class.items() for text, where in texts]
+        rng.shuffle(items)
+        a = int(round(len(items) * n_train))
+        b = int(round(len(items) * (n_train + n_val)))
     parts = {"train": items[:a], "val": items[a:b], "test": items[b:]}
     for split, part in parts.items():
         if not part:
-            raise DataError(f"the {split} split of {recipe.data.source} is empty ({n} examples); use more data")
+            raise DataError(f"the {split} split of {recipe.data.source} is empty ({len(items)} examples); use more "
+                            "data")
     return parts
 
 
@@ -138,9 +189,11 @@ def load_data(recipe, tokenizer=None, progress: bool = True):
     task.max_length)."""
     tokenizer = tokenizer or base_tokenizer(recipe)
     limit = recipe.task.max_length or None
-    parts = {split: [(tokenizer.encode(text)[:limit], label) for text, label in part]
-             for split, part in split_texts(recipe).items()}
-    data = Examples(**parts)
+    texts = split_texts(recipe)
+    parts = {split: [(tokenizer.encode(text)[:limit], label) for text, label, _ in part]
+             for split, part in texts.items()}
+    data = Examples(**parts, sources={split: [(text, where) for text, _, where in part]
+                                      for split, part in texts.items()})
     counts = {s: len(data[s]) for s in ("train", "val", "test")}
     return tokenizer, data, {"source": recipe.data.source, "examples": counts}
 
@@ -161,8 +214,10 @@ def base_tokenizer(recipe):
 
 # ----------------------------------------------------------------------------------------------- model
 class Classifier(nn.Module):
-    """A backbone plus a linear head (no bias, like GPT2ForSequenceClassification's `score`) on the hidden
-    state at each sequence's last real token."""
+    """A backbone plus a linear head (`score`; no bias by default, like GPT2ForSequenceClassification's) on
+    the hidden state at each sequence's last real token, or at the last position of the padded row
+    (`task.pooling`). With `task.padding = "longest_train"` it keeps the length every input is padded to as a
+    buffer (`pad_to`, saved with the weights), so inference pads as training did."""
 
     stateful = False
 
@@ -171,13 +226,23 @@ class Classifier(nn.Module):
         self.config = config
         self.backbone = backbone
         self.max_seq_len = backbone.max_seq_len
-        self.score = nn.Linear(backbone.d_model, len(config.labels), bias=False)
+        self.score = nn.Linear(backbone.d_model, len(config.labels), bias=config.head_bias)
         nn.init.normal_(self.score.weight, std=0.02)
+        if self.score.bias is not None:
+            nn.init.zeros_(self.score.bias)
+        if config.padding == "longest_train":
+            self.register_buffer("pad_to", torch.zeros((), dtype=torch.long))
 
     def forward(self, idx: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         hidden, _ = self.backbone(idx)
+        if self.config.pooling == "last_position":
+            return self.score(hidden[:, -1])
         last = hidden[torch.arange(idx.shape[0], device=idx.device), lengths - 1]
         return self.score(last)
+
+    def padded_length(self) -> int | None:
+        """The fixed length inputs are padded to, or None for per-batch padding."""
+        return int(self.pad_to) if self.config.padding == "longest_train" else None
 
     def load_pretrained(self) -> bool:
         """Start from the base: a zoo run's checkpoint, or GPT-2 weights (the backbone's init_from)."""
@@ -225,9 +290,10 @@ def pad_id_for(tokenizer_kind: str) -> int:
     return 50256 if tokenizer_kind == "gpt2" else 0
 
 
-def pad(examples: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest example: ids [B, T], labels [B], lengths [B]."""
-    longest = max(len(ids) for ids, _ in examples)
+def pad(examples: list[tuple[list[int], int]], pad_id: int,
+        length: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest example, or to `length`: ids [B, T], labels [B], lengths [B]."""
+    longest = length or max(len(ids) for ids, _ in examples)
     x = torch.full((len(examples), longest), pad_id, dtype=torch.long)
     for i, (ids, _) in enumerate(examples):
         x[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
@@ -240,12 +306,18 @@ class ClassifyTask:
     """Shuffled padded examples each epoch (a permutation seeded by the epoch), cross-entropy on the head."""
 
     def __init__(self, config: ClassifyTaskConfig, data: Examples, *, batch_size: int, seed: int, pad_id: int,
-                 eval_batch_size: int, max_len: int | None):
+                 eval_batch_size: int, max_len: int | None, pad_to: int | None = None):
         self.config, self.data, self.batch_size, self.seed = config, data, batch_size, seed
         self.pad_id, self.eval_batch_size = pad_id, eval_batch_size
         if max_len:
             for split in ("train", "val", "test"):
                 data[split][:] = [(ids[:max_len], label) for ids, label in data[split]]
+        # the book pads (and truncates) every message to the longest training message
+        self.pad_to = pad_to or (max(len(ids) for ids, _ in data.train) if config.padding == "longest_train"
+                                 else None)
+        if self.pad_to:
+            for split in ("train", "val", "test"):
+                data[split][:] = [(ids[: self.pad_to], label) for ids, label in data[split]]
         if len(data.train) < batch_size:
             raise DataError(f"the train split has {len(data.train)} examples, fewer than train.batch_size "
                             f"({batch_size}); lower it or use more data")
@@ -269,7 +341,7 @@ class ClassifyTask:
             if m % world_size != rank:
                 continue
             part = [self.data.train[j] for j in chosen[m * micro_batch_size:(m + 1) * micro_batch_size]]
-            x, y, lengths = pad(part, self.pad_id)
+            x, y, lengths = pad(part, self.pad_id, self.pad_to)
             out.append(Batch(x, y, slot=m, reset=True, lengths=lengths))
         return out
 
@@ -290,7 +362,7 @@ class ClassifyTask:
             for n, start in enumerate(range(0, len(examples), self.eval_batch_size)):
                 if n % world_size != rank:
                     continue
-                x, y, lengths = pad(examples[start:start + self.eval_batch_size], self.pad_id)
+                x, y, lengths = pad(examples[start:start + self.eval_batch_size], self.pad_id, self.pad_to)
                 with autocast():
                     logits = model(x.to(device), lengths.to(device)).float()
                 sums["loss_sum"] += F.cross_entropy(logits, y.to(device), reduction="sum").item()
@@ -300,6 +372,54 @@ class ClassifyTask:
         finally:
             model.train(was_training)
         return sums
+
+
+    @torch.no_grad()
+    def predictions(self, model: nn.Module, split: str, device: torch.device,
+                    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> list[dict]:
+        """Every example of a split with its text, where it came from, true label, predicted label and the
+        predicted label's probability (batched and padded as in evaluation)."""
+        was_training = model.training
+        model.eval()
+        labels, rows = self.config.labels, []
+        examples, sources = self.data[split], (self.data.sources or {}).get(split)
+        try:
+            for start in range(0, len(examples), self.eval_batch_size):
+                x, y, lengths = pad(examples[start:start + self.eval_batch_size], self.pad_id, self.pad_to)
+                with autocast():
+                    probs = model(x.to(device), lengths.to(device)).float().softmax(-1).cpu()
+                for k, (truth, p) in enumerate(zip(y.tolist(), probs, strict=True)):
+                    text, where = sources[start + k] if sources else ("", "")
+                    rows.append({"where": where, "text": text, "label": labels[truth],
+                                 "predicted": labels[int(p.argmax())], "probability": float(p.max())})
+        finally:
+            model.train(was_training)
+        return rows
+
+
+@torch.no_grad()
+def predict(model: Classifier, tokenizer, texts: list[str], device: torch.device,
+            batch_size: int = 32) -> list[tuple[str, float]]:
+    """(label, probability) of each text, tokenised, truncated and padded as the classifier was trained."""
+    config = model.config
+    pad_id = pad_id_for(tokenizer.kind)
+    limit = config.max_length or model.max_seq_len
+    fixed = model.padded_length()
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, len(texts), batch_size):
+            part = []
+            for text in texts[start:start + batch_size]:
+                ids = tokenizer.encode(text)[:limit][:fixed] if fixed else tokenizer.encode(text)[:limit]
+                part.append((ids or [pad_id], 0))
+            x, _, lengths = pad(part, pad_id, fixed)
+            probs = model(x.to(device), lengths.to(device)).float().softmax(-1).cpu()
+            out += [(config.labels[int(p.argmax())], float(p.max())) for p in probs]
+    finally:
+        model.train(was_training)
+    return out
 
 
 def metrics_for(labels: tuple[str, ...], positive: str, sums: dict[str, float]) -> dict:
@@ -322,8 +442,11 @@ def metrics_for(labels: tuple[str, ...], positive: str, sums: dict[str, float]) 
 def build(config: ClassifyTaskConfig, recipe, data: Examples, model: Classifier) -> ClassifyTask:
     tokenizer_pad = pad_id_for(recipe.data.tokenizer)
     max_len = config.max_length or model.max_seq_len
-    return ClassifyTask(config, data, batch_size=recipe.train.batch_size, seed=recipe.run.seed, pad_id=tokenizer_pad,
-                        eval_batch_size=recipe.eval.batch_size, max_len=max_len)
+    task = ClassifyTask(config, data, batch_size=recipe.train.batch_size, seed=recipe.run.seed, pad_id=tokenizer_pad,
+                        eval_batch_size=recipe.eval.batch_size, max_len=max_len, pad_to=model.padded_length())
+    if task.pad_to and not model.padded_length():
+        model.pad_to.fill_(task.pad_to)  # a fresh model: remember the length (a loaded one brings its own)
+    return task
 
 
 def metrics(config: ClassifyTaskConfig, sums: dict[str, float]) -> dict:

@@ -52,7 +52,8 @@ class LMTask:
     """Language modelling over token splits for any backbone."""
 
     def __init__(self, config: LMTaskConfig, splits: TokenSplits, *, stateful: bool, batch_size: int,
-                 seq_len: int, seed: int, eval_batch_size: int, eval_max_tokens: int, vocab_size: int = 2):
+                 seq_len: int, seed: int, eval_batch_size: int, eval_max_tokens: int, vocab_size: int = 2,
+                 need_test: bool = True):
         self.config = config
         self.vocab_size = vocab_size
         self.splits = splits
@@ -68,7 +69,7 @@ class LMTask:
             raise DataError(f"the train split has {len(train):,} tokens, fewer than one batch needs "
                             f"({batch_size} x {seq_len} + 1 = {need:,}); lower train.batch_size or "
                             f"train.seq_len, or use more text")
-        for split in ("val", "test"):
+        for split in ("val", "test") if need_test else ("val",):
             if len(splits[split]) < 2:
                 raise DataError(f"the {split} split has {len(splits[split])} tokens; it needs at least 2 "
                                 f"(use more text or a larger data.splits fraction)")
@@ -196,4 +197,4 @@ def metrics(config: LMTaskConfig, sums: dict[str, float]) -> dict[str, float]:
 def build(config: LMTaskConfig, recipe, splits: TokenSplits, model: nn.Module) -> LMTask:
     return LMTask(config, splits, stateful=model.stateful, batch_size=recipe.train.batch_size,
                   seq_len=recipe.train.seq_len, seed=recipe.run.seed, eval_batch_size=recipe.eval.batch_size,
-                  eval_max_tokens=recipe.eval.max_tokens, vocab_size=model.vocab_size)
+                  eval_max_tokens=recipe.eval.max_tokens, vocab_size=model.vocab_size, need_test=recipe.eval.test)
