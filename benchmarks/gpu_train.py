@@ -15,7 +15,7 @@ pipeline. Prints tokens/s, MFU and the ratio zoo / reference for each model.
     python benchmarks/gpu_train.py                        # no GPU: a tiny model in fp32, a smoke test only
 
 MFU is model FLOPs (nanoGPT's count: 6 x non-embedding parameters + attention) per second over the GPU's dense
-bf16 peak from zoo.trainer.PEAK_FLOPS (989 TFLOP/s for H100 SXM and H200).
+bf16 peak from zoo.reporting.PEAK_FLOPS (989 TFLOP/s for H100 SXM and H200).
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ from zoo import dist  # noqa: E402
 from zoo.models.gpt2 import GPT2  # noqa: E402
 from zoo.optim import parameter_groups  # noqa: E402
 from zoo.recipe import load_recipe  # noqa: E402
-from zoo.trainer import PEAK_FLOPS, Trainer, train  # noqa: E402
+from zoo.reporting import peak_flops  # noqa: E402
+from zoo.trainer import Trainer, train  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "gpt2_fineweb.toml"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fineweb_sample"
@@ -181,13 +182,6 @@ def run_reference(args, tied: bool, device: torch.device, micro: int, accumulati
     memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else math.nan
     return {"tokens_per_s": args.steps * accumulation * micro * seq / elapsed, "compile_s": compile_s,
             "final_loss": loss, "peak_memory_gib": memory}
-
-
-def peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
 def free(device: torch.device) -> None:

@@ -20,6 +20,7 @@ from torch import nn
 
 from zoo import dist
 from zoo.recipe import apply_overrides, read_toml, recipe_from_dict
+from zoo.session import open_session
 from zoo.trainer import Trainer
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "char_rnn_shakespeare.toml"
@@ -29,14 +30,14 @@ def zoo_tokens_per_s(steps: int, hidden: int, warmup: int) -> float:
     raw = apply_overrides(read_toml(RECIPE), [f"model.hidden_size={hidden}", "model.dropout=0.0"])
     recipe = recipe_from_dict(raw)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(recipe, Path(tmp) / "bench", dist.environment(), torch.device("cpu"))
+        trainer = Trainer(open_session(recipe, Path(tmp) / "bench", dist.environment(), torch.device("cpu")))
         trainer.model.train()
         for _ in range(warmup):
             trainer.train_step()
         start = time.perf_counter()
         for _ in range(steps):
             trainer.train_step()
-        return steps * trainer.tokens_per_step / (time.perf_counter() - start)
+        return steps * trainer.task.items_per_step() / (time.perf_counter() - start)
 
 
 class PlainCharRNN(nn.Module):

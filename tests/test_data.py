@@ -10,11 +10,16 @@ import torch
 
 from zoo.data import char_data, read_text
 from zoo.recipe import TrainConfig
+from zoo.tasks.base import MicroBatchPlan
 from zoo.tasks.lm import LMTask, LMTaskConfig
 from zoo.tokenizers import CharTokenizer
 
 from .conftest import SHAKESPEARE
 
+
+def plan(task, micro: int, world: int = 1, rank: int = 0) -> MicroBatchPlan:
+    """The micro-batch plan the trainer hands a task."""
+    return MicroBatchPlan.of(task.batch_size, micro, world, rank)
 
 def test_embedded_tiny_shakespeare_is_the_real_file():
     text = read_text("embedded:tinyshakespeare")
@@ -55,34 +60,34 @@ def test_stream_batches_continue_every_row_and_reset_each_epoch():
     task = _task(ids)
     spe = task.steps_per_epoch()
     assert spe == (202 // 4) // 5
-    first = task.micro_batches(0, 0, 1, 4)
-    second = task.micro_batches(1, 0, 1, 4)
+    first = task.micro_batches(0, plan(task, 4, 1, 0))
+    second = task.micro_batches(1, plan(task, 4, 1, 0))
     assert len(first) == 1 and first[0].reset and not second[0].reset
     # each row of batch 1 continues the same row of batch 0, and targets are inputs shifted by one
     assert torch.equal(second[0].x[:, 0], first[0].x[:, -1] + 1)
     assert torch.equal(first[0].y, first[0].x + 1)
     # rows are contiguous streams spaced a row length apart
     assert torch.equal(first[0].x[:, 0], torch.arange(4) * (202 // 4))
-    assert task.micro_batches(spe, 0, 1, 4)[0].reset  # a new epoch starts from zero state
-    assert torch.equal(task.micro_batches(spe, 0, 1, 4)[0].x, first[0].x)
+    assert task.micro_batches(spe, plan(task, 4, 1, 0))[0].reset  # a new epoch starts from zero state
+    assert torch.equal(task.micro_batches(spe, plan(task, 4, 1, 0))[0].x, first[0].x)
 
 
 def test_micro_batches_split_the_global_batch_by_rows():
     task = _task(torch.arange(203))
-    whole = task.micro_batches(3, 0, 1, 4)[0]
-    parts = task.micro_batches(3, 0, 1, 2)
+    whole = task.micro_batches(3, plan(task, 4, 1, 0))[0]
+    parts = task.micro_batches(3, plan(task, 2, 1, 0))
     assert [b.slot for b in parts] == [0, 1]
     assert torch.equal(torch.cat([b.x for b in parts]), whole.x)
     # two ranks together read exactly the rows of one process
-    ranks = task.micro_batches(3, 0, 2, 2) + task.micro_batches(3, 1, 2, 2)
+    ranks = task.micro_batches(3, plan(task, 2, 2, 0)) + task.micro_batches(3, plan(task, 2, 2, 1))
     assert torch.equal(torch.cat([b.x for b in sorted(ranks, key=lambda b: b.slot)]), whole.x)
 
 
 def test_random_windows_are_a_function_of_the_step():
     task = _task(torch.arange(1000), stateful=False)
-    a, b = task.micro_batches(5, 0, 1, 4)[0], task.micro_batches(5, 0, 1, 4)[0]
+    a, b = task.micro_batches(5, plan(task, 4, 1, 0))[0], task.micro_batches(5, plan(task, 4, 1, 0))[0]
     assert torch.equal(a.x, b.x) and torch.equal(a.y, a.x + 1)
-    assert not torch.equal(a.x, task.micro_batches(6, 0, 1, 4)[0].x)
+    assert not torch.equal(a.x, task.micro_batches(6, plan(task, 4, 1, 0))[0].x)
 
 
 def test_unknown_prompt_characters_are_named():

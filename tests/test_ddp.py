@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from zoo.data import TokenSplits
+from zoo.tasks.base import MicroBatchPlan
 from zoo.tasks.lm import LMTask, LMTaskConfig
 
 from .conftest import REPO, final_weights, read_summary, scalars, zoo_subprocess
@@ -21,6 +22,11 @@ ENV = {"ZOO_DIST_TIMEOUT": "60", "OMP_NUM_THREADS": "1"}
 # runs once more in a fresh directory; any other failure, and every assertion on results, stays strict.
 GLOO_ABORT = "terminate called without an active exception"
 
+
+
+def plan(task, micro: int, world: int = 1, rank: int = 0) -> MicroBatchPlan:
+    """The micro-batch plan the trainer hands a task."""
+    return MicroBatchPlan.of(task.batch_size, micro, world, rank)
 
 def gloo_retry(test):
     @functools.wraps(test)
@@ -75,8 +81,8 @@ def test_ranks_read_the_single_process_batch_exactly_once(sampling, stateful, wo
                   eval_batch_size=2, eval_max_tokens=0)
     seen = []
     for step in range(task.steps_per_epoch()):
-        single = torch.cat([b.x for b in task.micro_batches(step, 0, 1, 2)])
-        parts = [b for r in range(world) for b in task.micro_batches(step, r, world, 2)]
+        single = torch.cat([b.x for b in task.micro_batches(step, plan(task, 2, 1, 0))])
+        parts = [b for r in range(world) for b in task.micro_batches(step, plan(task, 2, world, r))]
         assert sorted(b.slot for b in parts) == list(range(4))  # every micro-batch on exactly one rank
         union = torch.cat([b.x for b in sorted(parts, key=lambda b: b.slot)])
         assert torch.equal(union, single)
@@ -240,3 +246,28 @@ def test_two_nodes_with_c10d_rendezvous_equal_one_process_and_survive_a_lost_nod
     curve_one = [v for _, v in scalars(tmp_path / "runs" / "one", "loss/train")]
     curve_two = [v for _, v in scalars(tmp_path / "runs" / "nodes", "loss/train")]
     assert len(curve_two) == len(curve_one) == 20 and curve_two == pytest.approx(curve_one, rel=1e-5)
+
+
+@gloo_retry
+def test_two_processes_fine_tune_a_classifier_as_one_does(make_recipe, tmp_path):
+    import sys
+
+    recipe = make_recipe()
+    base = zoo_subprocess("train", recipe, "--name", "base", "--set", "model.hidden_size=16", "--set",
+                          "train.max_steps=10", cwd=tmp_path, env=ENV)
+    assert base.returncode == 0, base.stderr
+    args = ["finetune-classifier", "--base", "runs/base", "--set", "train.epochs=0", "--set", "train.max_steps=6",
+            "--set", "eval.interval=3", "--set", "task.max_length=64", "--set", "train.micro_batch_size=4",
+            "--set", "task.trainable=all", "--set", "model.dropout=0.0"]  # each rank draws its own dropout
+    one = zoo_subprocess(*args, "--name", "one", cwd=tmp_path, env=ENV)
+    assert one.returncode == 0, one.stderr
+    import subprocess
+
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+                          "zoo", *args, "--name", "two"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, **ENV})
+    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
+    _close(final_weights(tmp_path / "runs" / "one"), final_weights(tmp_path / "runs" / "two"))
+    s1, s2 = read_summary(tmp_path / "runs" / "one"), read_summary(tmp_path / "runs" / "two")
+    assert s1["test_metrics"]["confusion"] == s2["test_metrics"]["confusion"]
+    assert s2["test_loss"] == pytest.approx(s1["test_loss"], rel=1e-5)

@@ -50,6 +50,10 @@ def test_native_gpt2_export_matches_zoo(zoo, tmp_path, tokenizer, tie, qkv):
         assert_trainer_lowers_the_loss(hf, transformers.AutoTokenizer.from_pretrained(out), tmp_path)
 
 
+# zoo's classifier defaults (the shipped recipe is the book's: last padded position, head bias), which
+# transformers' sequence classifiers compute the same way
+EXPORTABLE = ["--set", "task.pooling=last_token", "--set", "task.head_bias=false", "--set", "task.padding=batch"]
+
 def assert_trainer_lowers_the_loss(model, tokenizer, tmp_path, steps: int = 12):
     """transformers' Trainer fits a few steps on a fixed batch of Shakespeare; the loss must fall."""
     text = (REPO / "zoo" / "data" / "embedded" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:4000]
@@ -154,7 +158,7 @@ def test_gpt2_classifier_exports_as_sequence_classification(zoo, tmp_path):
     config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=128)
     transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "hf")
     fast = ["--set", "train.epochs=0", "--set", "train.max_steps=30", "--set", "task.max_length=64",
-            "--set", "eval.batch_size=64", "--set", "eval.interval=30", "--set", "train.lr=1e-3"]
+            "--set", "eval.batch_size=64", "--set", "eval.interval=30", "--set", "train.lr=1e-3", *EXPORTABLE]
     assert zoo("finetune-classifier", "--base", f"hf:{tmp_path / 'hf'}", "--name", "spam", *fast).code == 0
     result = zoo("export-hf", tmp_path / "runs" / "spam", tmp_path / "out")
     assert result.code == 0, result
@@ -177,7 +181,7 @@ MESSAGES = ["WINNER!! Claim your free prize now", "Are we still on for lunch?", 
             "ok see you at 5", "Free entry in 2 a wkly comp to win FA Cup final tkts"]
 CLASSIFY_FAST = ["--set", "train.epochs=0", "--set", "train.max_steps=30", "--set", "task.max_length=64",
                  "--set", "eval.batch_size=64", "--set", "eval.interval=30", "--set", "train.lr=3e-3",
-                 "--set", "task.trainable=all"]
+                 "--set", "task.trainable=all", *EXPORTABLE]
 
 
 def assert_classifier_agrees_with_zoo(zoo, run, out, tmp_path, remote: bool):

@@ -20,6 +20,7 @@ from zoo.models.base import count_parameters, flops_per_token
 from zoo.models.rnn import CharRNN, CharRNNConfig
 from zoo.optim import build_optimizer, implementation
 from zoo.recipe import OptimConfig, load_recipe
+from zoo.session import resolve_compile
 
 from .conftest import SHAKESPEARE, final_weights, scalars
 
@@ -172,10 +173,10 @@ def test_compile_and_optimizer_kernels_are_chosen_by_device():
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     attention = gpt2.build(gpt2.GPT2Config(size="gpt2-micro", context_length=16), 65)
     recurrent = CharRNN(CharRNNConfig(hidden_size=8), 65)
-    assert trainer_module.resolve_compile("auto", cuda, attention) is True
-    assert trainer_module.resolve_compile("auto", cpu, attention) is False
-    assert trainer_module.resolve_compile("auto", cuda, recurrent) is False
-    assert trainer_module.resolve_compile(True, cpu, recurrent) is True
+    assert resolve_compile("auto", cuda, attention) is True
+    assert resolve_compile("auto", cpu, attention) is False
+    assert resolve_compile("auto", cuda, recurrent) is False
+    assert resolve_compile(True, cpu, recurrent) is True
     assert implementation(OptimConfig(name="adamw"), cuda) == "fused"
     assert implementation(OptimConfig(name="rmsprop"), cuda) == "foreach"  # torch has no fused RMSprop
     assert implementation(OptimConfig(name="adamw"), cpu) == "foreach"

@@ -48,19 +48,16 @@ def _recipe_path(given: str) -> Path:
 
 
 def _load_for_inference(args: argparse.Namespace):
-    """(model, tokenizer, recipe or None, label) from a run directory or from `--weights`."""
+    """(model, tokenizer, recipe or None, label, device) from a run directory or from `--weights`."""
     from zoo.dist import environment, resolve_device
-    from zoo.runs import load_run
+    from zoo.runs import load_base_model, load_run
 
     device = resolve_device(args.device, environment())
     if args.weights:
         if args.run:
             raise ZooError("give either a run directory or --weights, not both")
-        from zoo.models.gpt2 import from_hf
-        from zoo.tokenizers import Gpt2Tokenizer
-
-        spec = args.weights if args.weights.startswith("hf:") else f"hf:{args.weights}"
-        return from_hf(spec).to(device).eval(), Gpt2Tokenizer(), None, spec, device
+        spec = args.weights if args.weights.startswith("hf:") or Path(args.weights).is_dir() else f"hf:{args.weights}"
+        return (*load_base_model(spec, device, args.checkpoint), device)
     if not args.run:
         raise ZooError("name a run directory (e.g. runs/char_rnn_shakespeare) or --weights gpt2")
     run = load_run(args.run, args.checkpoint, device, args.set)
@@ -77,14 +74,14 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise ZooError(f"{args.run} is a {recipe.task.kind} run, not a language model; use `zoo classify`")
     if args.prompt:
         prompt = tok.encode(args.prompt)
-    elif getattr(tok, "eot", None) is not None:
+    elif tok.eot is not None:
         prompt = [tok.eot]
     else:
         prompt = tok.encode("\n") if "\n" in tok.stoi else [0]
     gen = torch.Generator().manual_seed(args.seed)
     for i in range(args.num_samples):
         ids = generate(model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, generator=gen, device=device, stop_token=getattr(tok, "eot", None))
+                       top_p=args.top_p, generator=gen, device=device, stop_token=tok.eot)
         if i:
             print("\n" + "-" * 40)
         print(tok.decode(prompt + ids) if args.prompt else tok.decode(ids))
@@ -107,15 +104,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.predictions and not Path(args.predictions).resolve().parent.is_dir():
         raise ZooError(f"--predictions {args.predictions}: the folder {Path(args.predictions).parent} does not exist")
     _, data, _ = registry.load_data(recipe, tok)
-    task = registry.build_task(recipe, data, model)
-    if args.predictions and not hasattr(task, "predictions"):
-        raise ZooError(f"--predictions lists a classifier's predictions; {label} is a {recipe.task.kind} model")
-    result = registry.task_module(recipe).metrics(recipe.task, task.evaluate(model, args.split, device))
+    task = registry.build_task(recipe, tok, data, model)
+    rows = task.predictions(model, args.split, device) if args.predictions else None  # one line for an LM
+    result = task.metrics(task.evaluate(model, args.split, device))
     print(json.dumps({"model": label, "split": args.split, **result}, indent=1))
-    if args.predictions:
+    if rows is not None:
         import csv
 
-        rows = task.predictions(model, args.split, device)
         with open(args.predictions, "w", encoding="utf-8", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["where", "text", "label", "predicted", "probability"])
             writer.writeheader()
@@ -139,36 +134,24 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
+    from zoo import registry
+    from zoo.bases import resolve_base
     from zoo.recipe import apply_overrides, read_toml, recipe_from_dict
     from zoo.runs import check_name
     from zoo.trainer import train
 
     recipe_path = _recipe_path(args.recipe)
-    raw = apply_overrides(read_toml(recipe_path), [])
-    base = args.base
-    if base.startswith("hf:"):
-        raw["model"] = {"arch": "gpt2", "size": "", "init_from": base, "qkv_bias": True, "tie_weights": True}
-        raw.setdefault("data", {})["tokenizer"] = "gpt2"
-        base_name = base.removeprefix("hf:").rstrip("/").split("/")[-1]
-    else:
-        base_dir = Path(base)
-        if not (base_dir / "recipe.toml").is_file():
-            raise ZooError(f"base run {base} does not exist (no {base_dir / 'recipe.toml'}); train one with "
-                           f"`zoo train`, or use --base hf:gpt2")
-        base_raw = read_toml(base_dir / "recipe.toml")
-        if base_raw.get("task", {}).get("kind", "lm") != "lm":
-            raise ZooError(f"base run {base} is not a language model (its task is "
-                           f"{base_raw['task']['kind']!r}); fine-tune from a language-model run")
-        raw["model"] = base_raw["model"]
-        raw.setdefault("data", {})["tokenizer"] = base_raw.get("data", {}).get("tokenizer", "char")
-        base_name = base_dir.resolve().name
-    raw.setdefault("task", {})["base"] = base
-    raw = apply_overrides(raw, args.set)
+    raw = read_toml(recipe_path)
+    kind = raw.get("task", {}).get("kind", "lm") if isinstance(raw.get("task"), dict) else "lm"
+    spec = registry.task_spec(kind)
+    if spec.finetune is None:
+        raise ZooError(f"{recipe_path} is a {kind!r} recipe; fine-tuning from a base needs a task that takes one "
+                       "(task.kind = \"classify\")")
+    raw, default = spec.finetune(raw, resolve_base(args.base), recipe_path.stem)
     try:
-        recipe = recipe_from_dict(raw)
+        recipe = recipe_from_dict(apply_overrides(raw, args.set))
     except ZooError as exc:
         raise ZooError(f"{recipe_path}: {exc}") from None
-    default = f"spam_{base_name}" if recipe.data.source == "embedded:sms_spam" else f"{recipe_path.stem}_{base_name}"
     name = check_name(args.name if args.name is not None else default)
     _check_runs_dir(args.runs_dir)
     result = train(recipe, Path(args.runs_dir) / name, restart=args.restart)

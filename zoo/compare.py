@@ -14,12 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.errors import ZooError
-from zoo.recipe import flatten, read_toml
-
-# fields that never make two runs different experiments
-IGNORED = {"run.description", "run.seed", "log.interval", "log.progress", "checkpoint.interval",
-           "checkpoint.keep_last", "eval.interval", "eval.batch_size", "eval.sample_tokens", "eval.sample_prompt",
-           "eval.sample_temperature"}
+from zoo.recipe import NOT_AN_EXPERIMENT, flatten, matches, read_toml
 
 
 @dataclass
@@ -63,7 +58,7 @@ def read_run(path: str | Path) -> RunInfo:
 
 def differing(runs: list[RunInfo]) -> list[str]:
     """Recipe fields whose values are not the same in every run (seeds and cadences aside)."""
-    keys = sorted(set().union(*(r.recipe for r in runs)) - IGNORED)
+    keys = sorted(k for k in set().union(*(r.recipe for r in runs)) if not matches(k, NOT_AN_EXPERIMENT))
     return [k for k in keys if len({json.dumps(r.recipe.get(k)) for r in runs}) > 1]
 
 
@@ -107,9 +102,11 @@ def compare(runs: list[RunInfo]) -> list[dict[str, Any]]:
             "run": first.name if len(group) == 1 else f"{first.name} (+{len(group) - 1} seeds)",
             "runs": [r.name for r in group], "seeds": len(group),
             **{k: first.recipe.get(k) for k in _shown(keys, runs)},
-            "params": first.summary.get("params"), "tokens": first.summary.get("tokens"),
+            "params": first.summary.get("params"),
+            "tokens": first.summary.get("tokens", first.summary.get("examples")),
             "wall_time_s": statistics.fmean(r.summary.get("wall_time_s", 0.0) for r in group),
-            "tokens_per_s": statistics.fmean(r.summary.get("tokens_per_s", 0.0) for r in group),
+            "tokens_per_s": statistics.fmean(r.summary.get("tokens_per_s", r.summary.get("examples_per_s", 0.0))
+                                             for r in group),
             "best_val_loss": _stats(vals)[0] if vals else None,
             "final_val_loss": _stats(finals)[0] if finals else None,
             "test_loss": _stats(tests)[0] if tests else None,

@@ -17,18 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from zoo import registry
+from zoo.config import Section, check, doc
 from zoo.errors import RecipeError
-
-
-def doc(text: str, default: Any) -> Any:
-    """A dataclass field with a default and a one-line description."""
-    return field(default=default, metadata={"doc": text})
-
-
-def check(ok: bool, key: str, message: str) -> None:
-    """Raise a RecipeError for `key` unless `ok`."""
-    if not ok:
-        raise RecipeError(f"recipe value {key} {message}")
 
 
 def valid_device(name: str) -> bool:
@@ -38,7 +29,7 @@ def valid_device(name: str) -> bool:
 
 # --------------------------------------------------------------------------------------------- sections
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Section):
     description: str = doc("one line shown by `zoo recipes`", "")
     seed: int = doc("seed for initialisation, data order, dropout", 1337)
     device: str = doc("auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps", "auto")
@@ -54,7 +45,7 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Section):
     source: str = doc(
         "embedded:tinyshakespeare; a local file, folder or glob of .txt/.jsonl/.parquet; or hf:NAME[:CONFIG] "
         "(streamed from the Hugging Face Hub)", "embedded:tinyshakespeare")
@@ -86,7 +77,7 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Section):
     batch_size: int = doc("sequences per optimizer step (the global batch, over all processes)", 64)
     micro_batch_size: int = doc("sequences per forward pass; 0 = the whole batch (no accumulation)", 0)
     seq_len: int = doc("tokens per sequence (the truncated-BPTT length for recurrent models)", 100)
@@ -113,7 +104,7 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class OptimConfig:
+class OptimConfig(Section):
     name: Literal["adamw", "adam", "rmsprop", "sgd"] = doc("the optimizer", "adamw")
     weight_decay: float = doc("decoupled (adamw) or L2 (others) weight decay", 0.0)
     decay_all: bool = doc("decay every parameter, not only matrices and embeddings (tensors >= 2D)", False)
@@ -134,7 +125,7 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
-class ScheduleConfig:
+class ScheduleConfig(Section):
     kind: Literal["constant", "step", "cosine"] = doc(
         "constant; step (char-rnn: x decay_rate per epoch after decay_after_epoch); cosine (warmup, then "
         "cosine to min_lr)", "constant")
@@ -154,7 +145,7 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(Section):
     interval: int = doc("evaluate every this many steps (0 = only at the end)", 200)
     max_tokens: int = doc("tokens of the fixed validation slice (0 = the whole split)", 0)
     batch_size: int = doc("streams (or windows) per evaluation batch", 16)
@@ -172,7 +163,7 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
-class CheckpointConfig:
+class CheckpointConfig(Section):
     interval: int = doc("save every this many steps (0 = at each evaluation); always at the end", 0)
     keep_last: int = doc("how many of the newest checkpoints to keep (the best is kept as well)", 2)
 
@@ -182,7 +173,7 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
-class LogConfig:
+class LogConfig(Section):
     interval: int = doc("print a progress line every this many steps", 50)
     progress: Literal["auto", "bar", "lines"] = doc("auto: a tqdm bar on a terminal, else lines", "auto")
 
@@ -207,11 +198,21 @@ class Recipe:
 
 
 SECTIONS = [f.name for f in dataclasses.fields(Recipe)]
-# Fields that may differ when a run is resumed: they extend or re-cadence a run, or swap an implementation
-# for an equivalent one, without changing what it computes up to the step it resumes from.
-RESUMABLE_CHANGES = ("train.max_steps", "train.max_tokens", "train.epochs", "train.early_stop_patience",
-                     "eval.interval", "eval.test", "checkpoint.", "log.", "run.description", "model.impl",
-                     "run.compile", "model.pad_vocab", "optim.impl")
+# Kinds of fields (a name ending in "." covers a whole section or prefix):
+# - presentation: they describe, re-cadence or display a run, never change what it computes;
+PRESENTATION = ("run.description", "log.", "checkpoint.", "eval.interval", "eval.batch_size", "eval.sample_")
+# - implementation: they swap how the step is computed for an equivalent way (results equal up to rounding);
+IMPLEMENTATION = ("model.impl", "run.compile", "model.pad_vocab", "optim.impl")
+# - limits: how far a run goes.
+LIMITS = ("train.max_steps", "train.max_tokens", "train.epochs", "train.early_stop_patience", "eval.test")
+# What a resumed run may change, and what never makes two runs different experiments (zoo compare).
+RESUMABLE_CHANGES = LIMITS + PRESENTATION + IMPLEMENTATION
+NOT_AN_EXPERIMENT = PRESENTATION + ("run.seed",)
+
+
+def matches(key: str, patterns: tuple[str, ...]) -> bool:
+    """Whether a dotted key is one of `patterns` (or under one ending in ".")."""
+    return any(key == p or (p.endswith((".", "_")) and key.startswith(p)) for p in patterns)
 
 
 # ------------------------------------------------------------------------------------------- building
@@ -276,8 +277,7 @@ def build_config(cls: type, raw: dict[str, Any], section: str) -> Any:
             raise RecipeError(f"unknown recipe key {section}.{key}{_suggest(key, names)}")
         kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
     config = cls(**kwargs)
-    if hasattr(config, "validate"):
-        config.validate()
+    config.validate()
     return config
 
 
@@ -311,9 +311,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def _polymorphic(raw: dict[str, Any], section: str, selector: str, known: dict[str, type]) -> Any:
-    table = dict(raw.get(section, {}))
+    table = raw.get(section, {})
     if not isinstance(table, dict):
-        raise RecipeError(f"recipe section [{section}] must be a table")
+        raise RecipeError(f"recipe section [{section}] must be a table, not {table!r} (e.g. [{section}] then "
+                          f"{selector} = ... on the next line)")
+    table = dict(table)
     name = table.get(selector)
     if name is None:
         raise RecipeError(f"recipe has no {section}.{selector}; choose one of: {', '.join(sorted(known))}")
@@ -324,8 +326,6 @@ def _polymorphic(raw: dict[str, Any], section: str, selector: str, known: dict[s
 
 def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
     """Build and validate a Recipe from a parsed TOML document."""
-    from zoo import registry
-
     for section in raw:
         if section not in SECTIONS:
             raise RecipeError(f"unknown recipe section [{section}]{_suggest(section, SECTIONS)}")
@@ -340,8 +340,7 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
         raise RecipeError("recipe value data.splits leaves no test split; set eval.test = false as well (e.g. for "
                           "nanoGPT's 90/10 train/val cut), or give the test split a fraction")
     for part in (model, task):
-        if hasattr(part, "validate_recipe"):
-            part.validate_recipe(recipe)
+        part.validate_recipe(recipe)
     return recipe
 
 
@@ -410,22 +409,19 @@ def dumps_toml(data: dict[str, dict[str, Any]]) -> str:
 
 
 def flatten(data: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """{"train": {"lr": 1}} -> {"train.lr": 1}."""
-    return {f"{s}.{k}": v for s, table in data.items() for k, v in table.items()}
+    """{"train": {"lr": 1}} -> {"train.lr": 1} (entries that are not tables are left out)."""
+    return {f"{s}.{k}": v for s, table in data.items() if isinstance(table, dict) for k, v in table.items()}
 
 
 def recipe_changes(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> list[str]:
     """Dotted keys whose values differ and that a resumed run may not change."""
     a, b = flatten(old), flatten(new)
     changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-    return [k for k in changed if not any(k == r or (r.endswith(".") and k.startswith(r))
-                                          for r in RESUMABLE_CHANGES)]
+    return [k for k in changed if not matches(k, RESUMABLE_CHANGES)]
 
 
 def field_reference() -> str:
     """Markdown reference of every recipe section and field (defaults and docs)."""
-    from zoo import registry
-
     lines = []
     groups: list[tuple[str, type]] = [(n, typing.get_type_hints(Recipe)[n]) for n in SECTIONS[2:]]
     groups += [(f"model (arch = \"{n}\")", c) for n, c in registry.model_configs().items()]

@@ -1,58 +1,63 @@
-"""Names to builders: `model.arch` -> (config class, builder), `task.kind` -> (config class, builder)."""
+"""Names to specs: `model.arch` -> ModelSpec, `task.kind` -> TaskSpec. Adding an architecture or a task is
+one file in zoo/models/ or zoo/tasks/ that provides a spec, plus one line in MODELS or TASKS below.
+
+The registry imports the model and task modules; they import only lower layers (zoo.config, zoo.data,
+zoo.tokenizers, zoo.checkpoint), never the recipe parser, the registry or the trainer."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from zoo.errors import RecipeError
+from zoo.models import gpt2, rnn
+from zoo.models.base import Trainable
+from zoo.specs import ModelSpec, TaskSpec
+from zoo.tasks import classify, lm
+from zoo.tasks.base import MicroBatchPlan
+
+MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (rnn.SPEC, gpt2.SPEC)}
+TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (lm.SPEC, classify.SPEC)}
 
 
-def _models() -> dict[str, tuple[type, Any]]:
-    from zoo.models import gpt2, rnn
+def model_spec(arch: str) -> ModelSpec:
+    if arch not in MODELS:
+        raise RecipeError(f"unknown model.arch {arch!r}; known: {', '.join(sorted(MODELS))}")
+    return MODELS[arch]
 
-    return {"char_rnn": (rnn.CharRNNConfig, rnn.build), "gpt2": (gpt2.GPT2Config, gpt2.build)}
 
-
-def _tasks() -> dict[str, tuple[type, Any]]:
-    from zoo.tasks import classify, lm
-
-    return {"lm": (lm.LMTaskConfig, lm), "classify": (classify.ClassifyTaskConfig, classify)}
+def task_spec(kind: str) -> TaskSpec:
+    if kind not in TASKS:
+        raise RecipeError(f"unknown task.kind {kind!r}; known: {', '.join(sorted(TASKS))}")
+    return TASKS[kind]
 
 
 def model_configs() -> dict[str, type]:
-    return {name: spec[0] for name, spec in _models().items()}
+    return {name: spec.config for name, spec in MODELS.items()}
 
 
 def task_configs() -> dict[str, type]:
-    return {name: spec[0] for name, spec in _tasks().items()}
+    return {name: spec.config for name, spec in TASKS.items()}
 
 
-def build_model(config: Any, vocab_size: int, device=None):
+def build_model(config: Any, vocab_size: int, device: torch.device | None = None):
     """The backbone for a model config, laid out for the device it will run on."""
-    models = _models()
-    if config.arch not in models:
-        raise RecipeError(f"unknown model.arch {config.arch!r}; known: {', '.join(sorted(models))}")
-    return models[config.arch][1](config, vocab_size, device)
-
-
-def task_module(recipe):
-    """The module of the recipe's task: `load_data`, `wrap`, `build` and `metrics` live there."""
-    tasks = _tasks()
-    if recipe.task.kind not in tasks:
-        raise RecipeError(f"unknown task.kind {recipe.task.kind!r}; known: {', '.join(sorted(tasks))}")
-    return tasks[recipe.task.kind][1]
+    return model_spec(config.arch).build(config, vocab_size, device)
 
 
 def load_data(recipe, tokenizer=None, progress: bool = True):
     """(tokenizer, data, info) for a recipe: the task decides what its data is."""
-    return task_module(recipe).load_data(recipe, tokenizer, progress)
+    return task_spec(recipe.task.kind).load_data(recipe, tokenizer, progress)
 
 
-def build_trainable(recipe, vocab_size: int, device=None):
+def build_trainable(recipe, vocab_size: int, device: torch.device | None = None) -> Trainable:
     """The model the trainer optimises and checkpoints: the backbone, wrapped with the task's head if any."""
-    return task_module(recipe).wrap(recipe.task, build_model(recipe.model, vocab_size, device))
+    return task_spec(recipe.task.kind).wrap(recipe.task, build_model(recipe.model, vocab_size, device))
 
 
-def build_task(recipe, data, model):
-    """The task for a recipe, over its data, for a built (wrapped) model."""
-    return task_module(recipe).build(recipe.task, recipe, data, model)
+def build_task(recipe, tokenizer, data, model, plan: MicroBatchPlan | None = None):
+    """The task for a recipe, over its data, for a built (wrapped) model; `plan` is the micro-batch plan
+    (the recipe's, on one process, if not given)."""
+    plan = plan or MicroBatchPlan.of(recipe.train.batch_size, recipe.train.micro_batch_size, 1, 0)
+    return task_spec(recipe.task.kind).build(recipe.task, recipe, tokenizer, data, model, plan)

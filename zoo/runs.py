@@ -16,7 +16,17 @@ from torch import nn
 from zoo import registry
 from zoo.checkpoint import Checkpointer, describe, load_model_tensors, write_atomic
 from zoo.errors import CheckpointError, RecipeError
-from zoo.recipe import Recipe, apply_overrides, dumps_toml, read_toml, recipe_changes, recipe_from_dict, recipe_to_dict
+from zoo.recipe import (
+    Recipe,
+    apply_overrides,
+    dumps_toml,
+    flatten,
+    matches,
+    read_toml,
+    recipe_changes,
+    recipe_from_dict,
+    recipe_to_dict,
+)
 from zoo.tokenizers import CharTokenizer, load_tokenizer
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
@@ -60,7 +70,7 @@ HISTORY = "recipe_history.json"
 
 
 def _is_remedy(key: str) -> bool:
-    return any(key == r or (r.endswith(".") and key.startswith(r)) for r in REMEDIES)
+    return matches(key, REMEDIES)
 
 
 def check_recipe(recipe: Recipe, run_dir: Path, has_checkpoints: bool) -> dict[str, list]:
@@ -83,7 +93,7 @@ def check_recipe(recipe: Recipe, run_dir: Path, has_checkpoints: bool) -> dict[s
     changes = recipe_changes(old, new)
     if not changes:
         return {}
-    a, b = _flat(old), _flat(new)
+    a, b = flatten(old), flatten(new)
     if not has_checkpoints:
         shown = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changes[:4])
         print(f"{run_dir} has no checkpoint yet: starting it with the new recipe ({shown})", flush=True)
@@ -161,10 +171,6 @@ def clean_run_dir(run_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def _flat(data: dict[str, Any]) -> dict[str, Any]:
-    return {f"{s}.{k}": v for s, t in data.items() if isinstance(t, dict) for k, v in t.items()}
-
-
 @dataclass
 class LoadedRun:
     """A trained run: its recipe, tokenizer and model with a checkpoint's weights."""
@@ -193,6 +199,19 @@ def load_run(run_dir: str | Path, which: str = "best", device: torch.device | st
     load_model_tensors(model, tensors, meta.get("aliases", {}), str(path))
     model.to(device).eval()
     return LoadedRun(run_dir, recipe, tokenizer, model, path, meta)
+
+
+def load_base_model(spec: str, device: torch.device | str = "cpu", which: str = "best"):
+    """(model, tokenizer, recipe or None, label) of a base model (zoo.bases): a run directory's `which`
+    checkpoint, or GPT-2 weights in the Hugging Face layout (`hf:gpt2`, `hf:PATH`)."""
+    from zoo.bases import resolve_base
+    from zoo.models.gpt2 import from_hf
+
+    base = resolve_base(spec)
+    if not base.hub:
+        run = load_run(base.folder, which, device)
+        return run.model, run.tokenizer, run.recipe, f"{run.run_dir} ({run.checkpoint.name})"
+    return from_hf(spec).to(device).eval(), base.tokenizer(), None, spec
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ class CharTokenizer:
     process (never the iteration order of a `set`)."""
 
     kind = "char"
+    eot = None  # no end-of-text id: generation stops only at its length
 
     def __init__(self, chars: list[str], fallback: str | None = None):
         self.chars = list(chars)

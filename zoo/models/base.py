@@ -1,16 +1,19 @@
-"""The backbone protocol and helpers every architecture shares.
+"""The model classes every architecture and task head builds on, and helpers they share.
 
-A backbone maps token ids to hidden features: `forward(idx[B, T], state=None) -> (hidden[B, T, D], state)`.
-Recurrent backbones return their new state (a tuple of tensors), others return None. Each backbone has
-`lm_head` (D -> vocab) as a module attribute so weight tying stays inside the model, `logits(hidden)` (the head
-applied, exactly `vocab_size` columns), and the attributes `stateful`, `d_model`, `vocab_size`, `max_seq_len`
-(None when any length works). A backbone may hold more rows than its state_dict shows (GPT-2's padded
-vocabulary); `logical_rows` finds them.
+`Trainable` is what the trainer optimises and checkpoints: a backbone, or a task's head around one. It says
+whether it is recurrent (`recurrent`) and how to start from pretrained weights (`load_pretrained`).
+
+`Backbone` maps token ids to hidden features: `forward(idx[B, T], state=None) -> (hidden[B, T, D], state)`.
+`stateful` backbones (recurrent ones) carry their state from one training batch to the next (truncated BPTT)
+and return the new state; the others return None in training and use the state argument only as a
+generation cache (GPT-2's KV cache, from `init_state`). Each backbone has `lm_head` (D -> vocab) as a module
+attribute so weight tying stays inside the model, `logits(hidden)` (the head applied, exactly `vocab_size`
+columns), `d_model`, `vocab_size`, `max_seq_len` (None when any length works) and `layer_groups()` (for
+freezing). A backbone may hold more rows than its state_dict shows (GPT-2's padded vocabulary); `logical_rows`
+finds them.
 """
 
 from __future__ import annotations
-
-from typing import Protocol
 
 import torch
 from torch import nn
@@ -18,18 +21,50 @@ from torch import nn
 State = tuple[torch.Tensor, ...] | None
 
 
-class Backbone(Protocol):
-    stateful: bool
+class Trainable(nn.Module):
+    """What the trainer optimises: a backbone, or a task's head around one."""
+
+    @property
+    def recurrent(self) -> bool:
+        """Whether a recurrent network runs inside (then torch.compile is not used by default)."""
+        return False
+
+    def load_pretrained(self) -> str:
+        """Load the weights the config names as a starting point (a fresh run only); returns what was loaded,
+        or "" for none."""
+        return ""
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: 6 x the matmul parameters (2 forward, 4 backward; lookups are free)."""
+        lookups = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Embedding))
+        return 6.0 * (count_parameters(self) - lookups)
+
+
+class Backbone(Trainable):
+    """The base of every architecture (see the module docstring for the protocol)."""
+
+    stateful: bool = False
+    max_seq_len: int | None = None
     d_model: int
     vocab_size: int
-    max_seq_len: int | None
     lm_head: nn.Module
 
-    def __call__(self, idx: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]: ...
+    @property
+    def recurrent(self) -> bool:
+        return self.stateful
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits over the vocabulary."""
+        return self.lm_head(hidden)
 
-    def init_state(self, batch_size: int, device: torch.device | str) -> State: ...
+    def init_state(self, batch_size: int, device: torch.device | str) -> State:
+        """The state a sequence starts from (recurrent state, or an empty generation cache)."""
+        return None
+
+    def layer_groups(self) -> tuple[list[list[nn.Parameter]], list[nn.Parameter]]:
+        """Parameters from input to output (one list per layer) and those after the last layer (a final
+        norm), for freezing policies."""
+        raise NotImplementedError(f"{type(self).__name__} does not say how its layers are grouped")
 
 
 def detach_state(state: State) -> State:
@@ -66,10 +101,6 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return total
 
 
-def flops_per_token(model: nn.Module) -> float:
-    """Training FLOPs per token: the model's own estimate if it has one, else 6 x its matmul parameters
-    (2 for the forward pass, 4 for the backward; embedding lookups cost nothing)."""
-    if hasattr(model, "flops_per_token"):
-        return float(model.flops_per_token())
-    lookups = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
-    return 6.0 * (count_parameters(model) - lookups)
+def flops_per_token(model: Trainable) -> float:
+    """Training FLOPs per token of a model (its own estimate)."""
+    return float(model.flops_per_token())

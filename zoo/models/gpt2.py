@@ -20,8 +20,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from zoo.config import Section, check, doc
 from zoo.errors import ZooError
-from zoo.recipe import check, doc
+from zoo.models.base import Backbone, count_parameters
+from zoo.specs import ModelSpec
 
 # n_layer, n_head, n_embd of the named sizes; the tiny ones are for CPU experiments and tests
 SIZES = {
@@ -36,7 +38,7 @@ SIZES = {
 
 
 @dataclass(frozen=True)
-class GPT2Config:
+class GPT2Config(Section):
     arch: str = doc("gpt2", "gpt2")
     size: str = doc("a named size setting n_layer/n_head/n_embd: gpt2-small|medium|large|xl|mini|tiny|micro, "
                     "or \"\" to set them yourself", "gpt2-small")
@@ -153,7 +155,7 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-class GPT2(nn.Module):
+class GPT2(Backbone):
     """GPT-2 backbone: forward(idx, cache=None) -> (hidden [B, T, C], cache); `logits(hidden)` applies the LM
     head. With `pad_rows` > vocab_size the embedding and head have that many rows (zeros past the vocabulary,
     which no id looks up and `logits` cuts off); `state_dict` shows and takes only the real rows."""
@@ -210,12 +212,12 @@ class GPT2(nn.Module):
         groups = [[self.wte.weight, self.wpe.weight]] + [list(block.parameters()) for block in self.h]
         return groups, list(self.ln_f.parameters())
 
-    def load_pretrained(self) -> bool:
+    def load_pretrained(self) -> str:
         """Load the `init_from` weights, if the config names any (a fresh run's starting point)."""
         if not self.config.init_from:
-            return False
+            return ""
         load_hf_weights(self, hf_folder(self.config.init_from))
-        return True
+        return self.config.init_from
 
     def init_state(self, batch_size: int, device: torch.device | str) -> KVCache:
         return KVCache(self.n_layer)
@@ -233,8 +235,6 @@ class GPT2(nn.Module):
 
     def flops_per_token(self) -> float:
         """6N for the matmuls plus attention's 12 * layers * context * width (nanoGPT's estimate)."""
-        from zoo.models.base import count_parameters
-
         n = count_parameters(self) - self.wpe.weight.numel()
         if not self.config.tie_weights:
             n -= self.vocab_size * self.d_model  # a lookup, not a matmul
@@ -311,6 +311,12 @@ def hf_config(folder: Path, base: GPT2Config) -> GPT2Config:
                                qkv_bias=True)
 
 
+def hub_section(spec: str) -> dict:
+    """The [model] table of OpenAI-layout GPT-2 weights named `hf:...` (the architecture comes from their
+    config.json when the run starts; OpenAI's GPT-2 has a qkv bias and a tied head)."""
+    return {"arch": "gpt2", "size": "", "init_from": spec, "qkv_bias": True, "tie_weights": True}
+
+
 def hf_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     """The weights of a Hugging Face GPT-2 folder under zoo's names (prefix dropped, Conv1D transposed)."""
     from safetensors.torch import load_file
@@ -349,3 +355,6 @@ def from_hf(spec: str, base: GPT2Config | None = None) -> GPT2:
     model = GPT2(hf_config(folder, base), 0)
     load_hf_weights(model, folder)
     return model
+
+
+SPEC = ModelSpec(name="gpt2", config=GPT2Config, build=build)

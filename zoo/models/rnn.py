@@ -13,13 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.models.base import State
+from zoo.config import Section, check, doc
+from zoo.models.base import Backbone, State
 from zoo.models.cells import ScratchRNN
-from zoo.recipe import check, doc
+from zoo.specs import ModelSpec
 
 
 @dataclass(frozen=True)
-class CharRNNConfig:
+class CharRNNConfig(Section):
     arch: str = doc("char_rnn", "char_rnn")
     cell: Literal["lstm", "gru", "rnn"] = doc("recurrent cell", "lstm")
     impl: Literal["torch", "scratch"] = doc(
@@ -44,7 +45,7 @@ class CharRNNConfig:
 _CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
-class CharRNN(nn.Module):
+class CharRNN(Backbone):
     """A recurrent backbone. Its state is (h, c) for an LSTM and (h,) otherwise, each [layers, B, hidden]."""
 
     stateful = True
@@ -79,10 +80,6 @@ class CharRNN(nn.Module):
             groups.append([p for n, p in self.rnn.named_parameters() if n.endswith(f"_l{k}")])
         return groups, []
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Next-token logits from the recurrent features."""
-        return self.lm_head(hidden)
-
     def init_state(self, batch_size: int, device: torch.device | str) -> State:
         shape = (self.config.num_layers, batch_size, self.config.hidden_size)
         n = 2 if self.config.cell == "lstm" else 1
@@ -103,3 +100,6 @@ class CharRNN(nn.Module):
 
 def build(config: CharRNNConfig, vocab_size: int, device: torch.device | None = None) -> CharRNN:
     return CharRNN(config, vocab_size)
+
+
+SPEC = ModelSpec(name="char_rnn", config=CharRNNConfig, build=build)

@@ -1,15 +1,63 @@
-"""The task protocol the trainer knows (and nothing else about what is being learned)."""
+"""What the trainer knows of a task (and nothing else about what is being learned): the micro-batch plan, the
+batch type, the training forward as one module, and the Task base class with the hooks it calls."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
-from typing import NamedTuple, Protocol
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from zoo.models.base import State
+from zoo.errors import RecipeError, ZooError
+from zoo.models.base import State, Trainable
+
+Autocast = Callable[[], contextlib.AbstractContextManager]
+
+
+@dataclass(frozen=True)
+class MicroBatchPlan:
+    """How one optimizer step's global batch of `batch_size` rows is cut: micro-batches of `micro` rows,
+    numbered m = 0..count-1 (rows [m*micro, (m+1)*micro)); rank r runs every m with m % world == r (`mine`),
+    so 1, 2 or 8 processes read the same global batch, each row exactly once. Computed once per run (`of`)
+    and handed to the task."""
+
+    batch_size: int
+    micro: int
+    world: int
+    rank: int
+
+    @staticmethod
+    def of(batch_size: int, micro_batch_size: int, world: int, rank: int) -> MicroBatchPlan:
+        """The plan for `train.batch_size` and `train.micro_batch_size` (0 = the batch split over the
+        processes); a batch that does not split evenly is a RecipeError."""
+        micro = micro_batch_size or batch_size // world
+        if micro == 0 or batch_size % (micro * world):
+            raise RecipeError(f"train.batch_size {batch_size} does not split into micro-batches of {micro or 1} on "
+                              f"each of {world} processes; adjust train.micro_batch_size")
+        return MicroBatchPlan(batch_size, micro, world, rank)
+
+    @property
+    def count(self) -> int:
+        """Micro-batches in the global batch."""
+        return self.batch_size // self.micro
+
+    @property
+    def mine(self) -> list[int]:
+        """This rank's micro-batch numbers."""
+        return [m for m in range(self.count) if m % self.world == self.rank]
+
+    @property
+    def accumulation(self) -> int:
+        """Micro-batches this rank runs per optimizer step."""
+        return self.count // self.world
+
+    def rows(self, m: int) -> slice:
+        """The global batch's rows of micro-batch m."""
+        return slice(m * self.micro, (m + 1) * self.micro)
 
 
 class Batch(NamedTuple):
@@ -50,23 +98,72 @@ class TaskLoss(nn.Module):
         return self.loss(self.model, Batch(x, y, lengths=lengths), state)
 
 
-class Task(Protocol):
-    def steps_per_epoch(self) -> int: ...
+class Task:
+    """The base of every task. The trainer calls these hooks and nothing else; those with a body here are
+    optional (their default is what a task without the capability does)."""
 
-    def tokens_per_step(self) -> int: ...
+    unit: str = "tokens"  # what `items_per_step` counts (tokens, examples), for rates and summaries
+    reports_val_at_end: bool = False  # whether the run's end also reports the best checkpoint's val metrics
+
+    # ------------------------------------------------------------------------------------- required
+    def steps_per_epoch(self) -> int:
+        raise NotImplementedError
+
+    def items_per_step(self) -> int:
+        """Tokens (or examples, see `unit`) in one optimizer step's global batch."""
+        raise NotImplementedError
 
     def chance_loss(self) -> float:
         """The loss of a uniform guess: a loss ten times this means training diverged."""
-        ...
+        raise NotImplementedError
 
-    def micro_batches(self, step: int, rank: int, world_size: int, micro_batch_size: int) -> list[Batch]: ...
+    def micro_batches(self, step: int, plan: MicroBatchPlan) -> list[Batch]:
+        """This rank's micro-batches of optimizer step `step` (a pure function of the step: resuming needs no
+        loader state)."""
+        raise NotImplementedError
 
-    def loss(self, model: nn.Module, batch: Batch, state: State) -> tuple[torch.Tensor, State]: ...
+    def loss(self, model: Trainable, batch: Batch, state: State) -> tuple[torch.Tensor, State]:
+        """The training loss of a batch (model, head and loss: what TaskLoss compiles) and the new state."""
+        raise NotImplementedError
 
-    def evaluate(self, model: nn.Module, split: str, device: torch.device, autocast=None, rank: int = 0,
-                 world_size: int = 1) -> dict[str, float]:
-        """This rank's share of the metrics of a split; `loss_sum` and `tokens` add up over ranks."""
-        ...
+    def evaluate(self, model: Trainable, split: str, device: torch.device, autocast: Autocast = contextlib.nullcontext,
+                 rank: int = 0, world_size: int = 1) -> dict[str, float]:
+        """This rank's share of a split's sums (they add up over ranks to one process's)."""
+        raise NotImplementedError
+
+    def metrics(self, sums: dict[str, float]) -> dict:
+        """Metrics from the summed evaluation results; "loss" is always one of them."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------- optional
+    def flops_per_item(self, model: Trainable) -> float | None:
+        """Training FLOPs per item, for MFU; None where it is not known."""
+        return None
+
+    def scalars(self, split: str, metrics: dict) -> dict[str, float]:
+        """TensorBoard scalars besides loss/<split> for an evaluation of `split`."""
+        return {}
+
+    def summary(self, split: str, metrics: dict, which: str) -> dict:
+        """summary.json fields besides the loss for a final evaluation of `split` (`which`: "best" or "final")."""
+        return {}
+
+    def report(self, split: str, metrics: dict) -> str:
+        """A progress line besides the loss for a final evaluation, or ""."""
+        return ""
+
+    def test_extras(self) -> dict:
+        """summary.json fields about the test split itself (e.g. characters per token)."""
+        return {}
+
+    def sample(self, model: Trainable, step: int, device: torch.device) -> str:
+        """A text sample to log at an evaluation, or "" (tasks that generate nothing)."""
+        return ""
+
+    def predictions(self, model: Trainable, split: str, device: torch.device,
+                    autocast: Autocast = contextlib.nullcontext) -> list[dict]:
+        """Every example of a split with its prediction (for `zoo eval --predictions`)."""
+        raise ZooError("this task makes no per-example predictions (--predictions is for classifiers)")
 
 
 def summarize(loss_sum: float, tokens: int) -> dict[str, float]:

@@ -10,6 +10,7 @@ import contextlib
 import csv
 import importlib.resources
 import io
+import json
 import math
 import random
 from collections.abc import Callable
@@ -21,13 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.bases import Base, resolve_base
+from zoo.config import Section, check, doc
 from zoo.errors import DataError, RecipeError
-from zoo.recipe import check, doc
-from zoo.tasks.base import Batch
+from zoo.models.base import Backbone, Trainable
+from zoo.specs import TaskSpec
+from zoo.tasks.base import Batch, MicroBatchPlan, Task
+from zoo.tokenizers import EOT, Gpt2Tokenizer
 
 
 @dataclass(frozen=True)
-class ClassifyTaskConfig:
+class ClassifyTaskConfig(Section):
     kind: str = doc("classify", "classify")
     base: str = doc("the pretrained language model: a run directory or hf:gpt2 / hf:PATH "
                     "(zoo finetune-classifier --base sets it)", "")
@@ -185,13 +190,11 @@ def split_texts(recipe) -> dict[str, list[tuple[str, int, str]]]:
 
 
 def load_data(recipe, tokenizer=None, progress: bool = True):
-    """(tokenizer, Examples, info): `split_texts`, encoded with the base's tokenizer (truncated to
-    task.max_length)."""
+    """(tokenizer, Examples, info): `split_texts`, encoded with the base's tokenizer (the classifier truncates
+    them, see Classifier.fit)."""
     tokenizer = tokenizer or base_tokenizer(recipe)
-    limit = recipe.task.max_length or None
     texts = split_texts(recipe)
-    parts = {split: [(tokenizer.encode(text)[:limit], label) for text, label, _ in part]
-             for split, part in texts.items()}
+    parts = {split: [(tokenizer.encode(text), label) for text, label, _ in part] for split, part in texts.items()}
     data = Examples(**parts, sources={split: [(text, where) for text, _, where in part]
                                       for split, part in texts.items()})
     counts = {s: len(data[s]) for s in ("train", "val", "test")}
@@ -199,21 +202,17 @@ def load_data(recipe, tokenizer=None, progress: bool = True):
 
 
 def base_tokenizer(recipe):
-    """The base's tokenizer: GPT-2 BPE, or a base run's character vocabulary with a fallback for characters
-    it lacks (a space if it has one), so any message encodes."""
-    from zoo.tokenizers import CharTokenizer, Gpt2Tokenizer, load_tokenizer
-
+    """The base's tokenizer: GPT-2 BPE, or a base run's character vocabulary (zoo.bases)."""
     if recipe.data.tokenizer == "gpt2":
         return Gpt2Tokenizer()
     base = recipe.task.base
     if not base or base.startswith("hf:"):
         raise RecipeError("a character-level classifier needs task.base = a zoo run directory (its vocabulary)")
-    tok = load_tokenizer(Path(base) / "tokenizer.json")
-    return CharTokenizer(tok.chars, fallback=" " if " " in tok.stoi else tok.chars[0])
+    return resolve_base(base).tokenizer()
 
 
 # ----------------------------------------------------------------------------------------------- model
-class Classifier(nn.Module):
+class Classifier(Trainable):
     """A backbone plus a linear head (`score`; no bias by default, like GPT2ForSequenceClassification's) on
     the hidden state at each sequence's last real token, or at the last position of the padded row
     (`task.pooling`). With `task.padding = "longest_train"` it keeps the length every input is padded to as a
@@ -240,20 +239,25 @@ class Classifier(nn.Module):
         last = hidden[torch.arange(idx.shape[0], device=idx.device), lengths - 1]
         return self.score(last)
 
+    @property
+    def recurrent(self) -> bool:
+        return self.backbone.recurrent
+
     def padded_length(self) -> int | None:
         """The fixed length inputs are padded to, or None for per-batch padding."""
         return int(self.pad_to) if self.config.padding == "longest_train" else None
 
-    def load_pretrained(self) -> bool:
-        """Start from the base: a zoo run's checkpoint, or GPT-2 weights (the backbone's init_from)."""
-        base = self.config.base
-        if base and not base.startswith("hf:"):
-            from zoo.checkpoint import Checkpointer, load_model_tensors
+    def fit(self, ids: list[int]) -> list[int]:
+        """A message's ids cut to what the classifier reads: task.max_length (or the backbone's context) and
+        the padded length, if fixed. The one truncation rule for training, evaluation and inference."""
+        limits = [n for n in (self.config.max_length or self.max_seq_len, self.padded_length()) if n]
+        return ids[: min(limits)] if limits else ids
 
-            path, tensors, meta = Checkpointer(base).load_weights(self.config.base_checkpoint)
-            load_model_tensors(self.backbone, tensors, meta.get("aliases", {}), str(path))
-            return True
-        return bool(getattr(self.backbone, "load_pretrained", lambda: False)())
+    def load_pretrained(self) -> str:
+        """Start from the base: a zoo run's checkpoint, or GPT-2 weights (zoo.bases)."""
+        if not self.config.base:
+            return self.backbone.load_pretrained()
+        return resolve_base(self.config.base).load_into(self.backbone, self.config.base_checkpoint)
 
     def freeze(self) -> None:
         """Apply the trainable policy. The LM head is never trained: the classifier does not use it."""
@@ -277,7 +281,7 @@ class Classifier(nn.Module):
                 self.backbone.lm_head.bias.requires_grad = False
 
 
-def wrap(config: ClassifyTaskConfig, backbone: nn.Module) -> Classifier:
+def wrap(config: ClassifyTaskConfig, backbone: Backbone) -> Classifier:
     model = Classifier(config, backbone)
     model.freeze()
     return model
@@ -286,8 +290,8 @@ def wrap(config: ClassifyTaskConfig, backbone: nn.Module) -> Classifier:
 # ------------------------------------------------------------------------------------------------ task
 def pad_id_for(tokenizer_kind: str) -> int:
     """The id padding uses: GPT-2's <|endoftext|> (as the book and GPT2ForSequenceClassification do), else 0.
-    Padding never reaches the head, which reads each row's last real token."""
-    return 50256 if tokenizer_kind == "gpt2" else 0
+    With last-token pooling padding never reaches the head."""
+    return EOT if tokenizer_kind == "gpt2" else 0
 
 
 def pad(examples: list[tuple[list[int], int]], pad_id: int,
@@ -302,22 +306,23 @@ def pad(examples: list[tuple[list[int], int]], pad_id: int,
     return x, y, lengths
 
 
-class ClassifyTask:
+class ClassifyTask(Task):
     """Shuffled padded examples each epoch (a permutation seeded by the epoch), cross-entropy on the head."""
 
+    unit = "examples"
+    reports_val_at_end = True
+
     def __init__(self, config: ClassifyTaskConfig, data: Examples, *, batch_size: int, seed: int, pad_id: int,
-                 eval_batch_size: int, max_len: int | None, pad_to: int | None = None):
+                 eval_batch_size: int, model: Classifier):
         self.config, self.data, self.batch_size, self.seed = config, data, batch_size, seed
         self.pad_id, self.eval_batch_size = pad_id, eval_batch_size
-        if max_len:
-            for split in ("train", "val", "test"):
-                data[split][:] = [(ids[:max_len], label) for ids, label in data[split]]
-        # the book pads (and truncates) every message to the longest training message
-        self.pad_to = pad_to or (max(len(ids) for ids, _ in data.train) if config.padding == "longest_train"
-                                 else None)
-        if self.pad_to:
-            for split in ("train", "val", "test"):
-                data[split][:] = [(ids[: self.pad_to], label) for ids, label in data[split]]
+        if config.padding == "longest_train" and not model.padded_length():
+            # a fresh model: the book pads every message to the longest training message (a loaded model
+            # brings the length it was trained with)
+            model.pad_to.fill_(max(len(model.fit(ids)) for ids, _ in data.train))
+        self.pad_to = model.padded_length()
+        for split in ("train", "val", "test"):
+            data[split][:] = [(model.fit(ids), label) for ids, label in data[split]]
         if len(data.train) < batch_size:
             raise DataError(f"the train split has {len(data.train)} examples, fewer than train.batch_size "
                             f"({batch_size}); lower it or use more data")
@@ -325,28 +330,39 @@ class ClassifyTask:
     def steps_per_epoch(self) -> int:
         return len(self.data.train) // self.batch_size
 
-    def tokens_per_step(self) -> int:
-        return self.batch_size  # examples per step (progress is counted in examples for classification)
+    def items_per_step(self) -> int:
+        return self.batch_size
 
     def chance_loss(self) -> float:
         """The loss of a uniform guess over the classes (nats per example)."""
         return math.log(len(self.config.labels))
 
-    def micro_batches(self, step: int, rank: int, world_size: int, micro_batch_size: int) -> list[Batch]:
+    def micro_batches(self, step: int, plan: MicroBatchPlan) -> list[Batch]:
         epoch, i = divmod(step, self.steps_per_epoch())
         order = torch.randperm(len(self.data.train), generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
         chosen = order[i * self.batch_size:(i + 1) * self.batch_size].tolist()
         out = []
-        for m in range(self.batch_size // micro_batch_size):
-            if m % world_size != rank:
-                continue
-            part = [self.data.train[j] for j in chosen[m * micro_batch_size:(m + 1) * micro_batch_size]]
+        for m in plan.mine:
+            part = [self.data.train[j] for j in chosen[plan.rows(m)]]
             x, y, lengths = pad(part, self.pad_id, self.pad_to)
             out.append(Batch(x, y, slot=m, reset=True, lengths=lengths))
         return out
 
     def loss(self, model: nn.Module, batch: Batch, state) -> tuple[torch.Tensor, None]:
         return F.cross_entropy(model(batch.x, batch.lengths).float(), batch.y), None
+
+    def metrics(self, sums: dict[str, float]) -> dict:
+        return metrics_for(self.config.labels, self.config.positive, sums)
+
+    def scalars(self, split: str, metrics: dict) -> dict[str, float]:
+        return {f"acc/{split}": metrics["accuracy"]}
+
+    def summary(self, split: str, metrics: dict, which: str) -> dict:
+        return {f"{'final_' if which == 'final' else ''}{split}_metrics": metrics}
+
+    def report(self, split: str, metrics: dict) -> str:
+        return (f"{split} accuracy {metrics['accuracy']:.4f} (precision {metrics['precision']:.4f}, recall "
+                f"{metrics['recall']:.4f}, F1 {metrics['f1']:.4f})")
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, device: torch.device,
@@ -403,18 +419,13 @@ def predict(model: Classifier, tokenizer, texts: list[str], device: torch.device
     """(label, probability) of each text, tokenised, truncated and padded as the classifier was trained."""
     config = model.config
     pad_id = pad_id_for(tokenizer.kind)
-    limit = config.max_length or model.max_seq_len
-    fixed = model.padded_length()
     was_training = model.training
     model.eval()
     out = []
     try:
         for start in range(0, len(texts), batch_size):
-            part = []
-            for text in texts[start:start + batch_size]:
-                ids = tokenizer.encode(text)[:limit][:fixed] if fixed else tokenizer.encode(text)[:limit]
-                part.append((ids or [pad_id], 0))
-            x, _, lengths = pad(part, pad_id, fixed)
+            part = [(model.fit(tokenizer.encode(text)) or [pad_id], 0) for text in texts[start:start + batch_size]]
+            x, _, lengths = pad(part, pad_id, model.padded_length())
             probs = model(x.to(device), lengths.to(device)).float().softmax(-1).cpu()
             out += [(config.labels[int(p.argmax())], float(p.max())) for p in probs]
     finally:
@@ -439,15 +450,22 @@ def metrics_for(labels: tuple[str, ...], positive: str, sums: dict[str, float]) 
             "positive": labels[pos], "labels": list(labels), "confusion": cm}
 
 
-def build(config: ClassifyTaskConfig, recipe, data: Examples, model: Classifier) -> ClassifyTask:
-    tokenizer_pad = pad_id_for(recipe.data.tokenizer)
-    max_len = config.max_length or model.max_seq_len
-    task = ClassifyTask(config, data, batch_size=recipe.train.batch_size, seed=recipe.run.seed, pad_id=tokenizer_pad,
-                        eval_batch_size=recipe.eval.batch_size, max_len=max_len, pad_to=model.padded_length())
-    if task.pad_to and not model.padded_length():
-        model.pad_to.fill_(task.pad_to)  # a fresh model: remember the length (a loaded one brings its own)
-    return task
+def build(config: ClassifyTaskConfig, recipe, tokenizer, data: Examples, model: Classifier,
+          plan: MicroBatchPlan) -> ClassifyTask:
+    return ClassifyTask(config, data, batch_size=recipe.train.batch_size, seed=recipe.run.seed,
+                        pad_id=pad_id_for(recipe.data.tokenizer), eval_batch_size=recipe.eval.batch_size, model=model)
 
 
-def metrics(config: ClassifyTaskConfig, sums: dict[str, float]) -> dict:
-    return metrics_for(config.labels, config.positive, sums)
+def finetune(raw: dict, base: Base, recipe_stem: str) -> tuple[dict, str]:
+    """A classification recipe (parsed TOML) completed for a base model: the base's architecture and
+    tokenizer and `task.base`; with the run's default name (`spam_<base>` for the SMS data)."""
+    raw = json.loads(json.dumps(raw))
+    raw["model"] = base.model_section()
+    raw.setdefault("data", {})["tokenizer"] = base.tokenizer_kind
+    raw.setdefault("task", {})["base"] = base.spec
+    source = raw["data"].get("source", "embedded:sms_spam")
+    return raw, (f"spam_{base.name}" if source == "embedded:sms_spam" else f"{recipe_stem}_{base.name}")
+
+
+SPEC = TaskSpec(name="classify", config=ClassifyTaskConfig, load_data=load_data, wrap=wrap, build=build,
+                finetune=finetune)

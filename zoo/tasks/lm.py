@@ -14,22 +14,23 @@ import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.data import TokenSplits
+from zoo.config import Section, doc
+from zoo.data import TokenSplits, load_splits
 from zoo.errors import DataError
-from zoo.models.base import State
-from zoo.recipe import doc
-from zoo.tasks.base import Batch, summarize
+from zoo.models.base import Backbone, State
+from zoo.specs import TaskSpec
+from zoo.tasks.base import Batch, MicroBatchPlan, Task, summarize
 
 
 @dataclass(frozen=True)
-class LMTaskConfig:
+class LMTaskConfig(Section):
     kind: str = doc("lm", "lm")
     sampling: Literal["auto", "streams", "windows", "sequential"] = doc(
         "auto: streams for recurrent models, random windows otherwise; sequential: windows in order", "auto")
@@ -48,14 +49,16 @@ def to_long(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a).astype(np.int64))
 
 
-class LMTask:
-    """Language modelling over token splits for any backbone."""
+class LMTask(Task):
+    """Language modelling over token splits for any backbone. With a tokenizer (`sampling`), it logs a text
+    sample at each evaluation and reports the test split's characters per token (for bits per character)."""
 
     def __init__(self, config: LMTaskConfig, splits: TokenSplits, *, stateful: bool, batch_size: int,
                  seq_len: int, seed: int, eval_batch_size: int, eval_max_tokens: int, vocab_size: int = 2,
-                 need_test: bool = True):
+                 need_test: bool = True, sampling: Sampling | None = None):
         self.config = config
         self.vocab_size = vocab_size
+        self.sampling = sampling
         self.splits = splits
         self.streams = config.sampling == "streams" or (config.sampling == "auto" and stateful)
         self.batch_size = batch_size
@@ -81,19 +84,48 @@ class LMTask:
             return self.train_x.shape[1] // self.seq_len
         return max(1, (len(self.splits.train) - 1) // (self.batch_size * self.seq_len))
 
-    def tokens_per_step(self) -> int:
+    def items_per_step(self) -> int:
         return self.batch_size * self.seq_len
+
+    def flops_per_item(self, model: nn.Module) -> float:
+        return float(model.flops_per_token())
+
+    def metrics(self, sums: dict[str, float]) -> dict:
+        """Loss, perplexity and bits per token from summed evaluation results."""
+        return summarize(sums["loss_sum"], int(sums["tokens"]))
+
+    def scalars(self, split: str, metrics: dict) -> dict[str, float]:
+        return {f"ppl/{split}": metrics["ppl"]} if split == "val" else {}
+
+    def test_extras(self) -> dict:
+        """Characters per token of the test split (its first million tokens), so runs with different tokenizers
+        compare in bits per character."""
+        if self.sampling is None:
+            return {}
+        ids = self.splits.test[:1_000_000]
+        return {"test_chars_per_token": len(self.sampling.tokenizer.decode([int(i) for i in ids])) / max(1, len(ids))}
+
+    def sample(self, model: nn.Module, step: int, device: torch.device) -> str:
+        """A short text sample with its own generator (seeded by step), so it never disturbs training's RNG."""
+        s = self.sampling
+        if s is None or not s.tokens:
+            return ""
+        from zoo.generate import generate
+
+        prompt = s.tokenizer.encode(s.prompt) or [int(self.splits.val[0])]
+        gen = torch.Generator().manual_seed(self.seed + step)
+        ids = generate(model, prompt, s.tokens, temperature=s.temperature, generator=gen, device=device)
+        return s.tokenizer.decode(prompt + ids)
 
     def chance_loss(self) -> float:
         """The loss of a uniform guess over the vocabulary (nats per token)."""
         return math.log(max(2, self.vocab_size))
 
-    def micro_batches(self, step: int, rank: int, world_size: int, micro_batch_size: int) -> list[Batch]:
-        """This rank's micro-batches of global step `step`. The global batch is the same for any world
-        size: micro-batch m covers rows [m*mb, (m+1)*mb) and rank r takes every m with m % world == r."""
-        n_micro = self.batch_size // micro_batch_size
-        mine = [m for m in range(n_micro) if m % world_size == rank]
-        rows = [slice(m * micro_batch_size, (m + 1) * micro_batch_size) for m in mine]
+    def micro_batches(self, step: int, plan: MicroBatchPlan) -> list[Batch]:
+        """This rank's micro-batches of global step `step` (rows of the global batch as the plan assigns them;
+        each stream row keeps its own carried state, slot m)."""
+        mine = plan.mine
+        rows = [plan.rows(m) for m in mine]
         if self.streams:
             i = step % self.steps_per_epoch()
             cols = slice(i * self.seq_len, (i + 1) * self.seq_len)
@@ -177,24 +209,34 @@ class LMTask:
                    None)
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """What the text sample logged at each evaluation looks like (the recipe's [eval] sample fields)."""
+
+    tokenizer: Any
+    tokens: int
+    prompt: str
+    temperature: float
+
+
 def load_data(recipe, tokenizer=None, progress: bool = True):
     """Token splits of the recipe's [data] (see zoo.data.load_splits)."""
-    from zoo.data import load_splits
-
     return load_splits(recipe.data, tokenizer, progress)
 
 
-def wrap(config: LMTaskConfig, backbone: nn.Module) -> nn.Module:
+def wrap(config: LMTaskConfig, backbone: Backbone) -> Backbone:
     """Language modelling uses the backbone's own LM head: nothing to add."""
     return backbone
 
 
-def metrics(config: LMTaskConfig, sums: dict[str, float]) -> dict[str, float]:
-    """Loss, perplexity and bits per token from summed evaluation results."""
-    return summarize(sums["loss_sum"], int(sums["tokens"]))
-
-
-def build(config: LMTaskConfig, recipe, splits: TokenSplits, model: nn.Module) -> LMTask:
+def build(config: LMTaskConfig, recipe, tokenizer, splits: TokenSplits, model: Backbone,
+          plan: MicroBatchPlan) -> LMTask:
+    ev = recipe.eval
+    sampling = Sampling(tokenizer, ev.sample_tokens, ev.sample_prompt, ev.sample_temperature) if tokenizer else None
     return LMTask(config, splits, stateful=model.stateful, batch_size=recipe.train.batch_size,
                   seq_len=recipe.train.seq_len, seed=recipe.run.seed, eval_batch_size=recipe.eval.batch_size,
-                  eval_max_tokens=recipe.eval.max_tokens, vocab_size=model.vocab_size, need_test=recipe.eval.test)
+                  eval_max_tokens=recipe.eval.max_tokens, vocab_size=model.vocab_size, need_test=recipe.eval.test,
+                  sampling=sampling)
+
+
+SPEC = TaskSpec(name="lm", config=LMTaskConfig, load_data=load_data, wrap=wrap, build=build)

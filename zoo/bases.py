@@ -1,0 +1,83 @@
+"""Base models: what `--base` (fine-tuning), `task.base` (a classifier's backbone) and `--weights` (sampling or
+evaluating pretrained weights) name. One resolver for every consumer: a zoo language-model run directory, or
+GPT-2 weights in the Hugging Face layout (`hf:gpt2`, a Hub id downloaded when online, or `hf:PATH`)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zoo.checkpoint import Checkpointer, load_model_tensors
+from zoo.errors import ZooError
+from zoo.models import gpt2
+from zoo.tokenizers import CharTokenizer, Gpt2Tokenizer, load_tokenizer
+
+
+@dataclass(frozen=True)
+class Base:
+    """A resolved base model. `spec` is what the user wrote; `name` names runs made from it."""
+
+    spec: str
+    hub: bool
+    folder: Path
+
+    @property
+    def name(self) -> str:
+        return self.spec.removeprefix("hf:").rstrip("/").split("/")[-1] if self.hub else self.folder.resolve().name
+
+    def _recipe(self) -> dict[str, Any]:
+        return tomllib.loads((self.folder / "recipe.toml").read_text(encoding="utf-8"))
+
+    def model_section(self) -> dict[str, Any]:
+        """The [model] table that builds this base's architecture (a recipe's raw TOML table)."""
+        if self.hub:
+            return gpt2.hub_section(self.spec)
+        return dict(self._recipe()["model"])
+
+    @property
+    def tokenizer_kind(self) -> str:
+        return "gpt2" if self.hub else self._recipe().get("data", {}).get("tokenizer", "char")
+
+    def tokenizer(self) -> CharTokenizer | Gpt2Tokenizer:
+        """The base's tokenizer. A run's character vocabulary gets a fallback for characters it lacks (a space
+        if it has one), so any text encodes."""
+        if self.tokenizer_kind == "gpt2":
+            return Gpt2Tokenizer()
+        tok = load_tokenizer(self.folder / "tokenizer.json")
+        return CharTokenizer(tok.chars, fallback=" " if " " in tok.stoi else tok.chars[0])
+
+    def load_into(self, backbone: torch.nn.Module, checkpoint: str = "best") -> str:
+        """Copy the base's weights into a backbone of its architecture; returns what was loaded."""
+        if self.hub:
+            gpt2.load_hf_weights(backbone, gpt2.hf_folder(self.spec))
+            return self.spec
+        path, tensors, meta = Checkpointer(self.folder).load_weights(checkpoint)
+        load_model_tensors(backbone, tensors, meta.get("aliases", {}), str(path))
+        return f"{self.folder} ({path.name})"
+
+
+def resolve_base(spec: str) -> Base:
+    """A base model from `hf:...` or a run directory; a missing run, or a run that is not a language model,
+    is a one-line error."""
+    if not spec:
+        raise ZooError("no base model given; name a language-model run (runs/NAME) or hf:gpt2 / hf:PATH")
+    if spec.startswith("hf:"):
+        folder = Path(spec.removeprefix("hf:")).expanduser()
+        return Base(spec, True, folder)
+    folder = Path(spec)
+    if not (folder / "recipe.toml").is_file():
+        raise ZooError(f"base run {spec} does not exist (no {folder / 'recipe.toml'}); train one with `zoo train`, "
+                       "or use --base hf:gpt2")
+    base = Base(spec, False, folder)
+    try:
+        kind = base._recipe().get("task", {}).get("kind", "lm")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ZooError(f"base run {spec}: its recipe.toml cannot be read ({exc})") from None
+    if kind != "lm":
+        raise ZooError(f"base run {spec} is not a language model (its task is {kind!r}); fine-tune from a "
+                       "language-model run")
+    return base

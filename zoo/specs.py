@@ -1,0 +1,41 @@
+"""The two kinds of registry entry: an architecture (ModelSpec) and a task (TaskSpec). Each model or task module
+defines one as `SPEC`; zoo/registry.py lists them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """An architecture: its `[model]` config class (selected by `arch = name`) and its builder,
+    `build(config, vocab_size, device) -> Backbone` (the device lets it lay itself out for that device, e.g.
+    GPT-2's padded vocabulary on CUDA)."""
+
+    name: str
+    config: type
+    build: Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task: its `[task]` config class (selected by `kind = name`) and four functions:
+
+    - `load_data(recipe, tokenizer | None, progress) -> (tokenizer, data, info)`: the task's data (a resumed run
+      passes the tokenizer it was trained with);
+    - `wrap(config, backbone) -> Trainable`: the model the trainer optimises (the backbone itself, or a head
+      around it);
+    - `build(config, recipe, tokenizer, data, model, plan) -> Task`: the batching, loss, evaluation and
+      reporting;
+    - `finetune(raw_recipe, base, recipe_stem) -> (raw_recipe, run_name)` (optional): how
+      `zoo finetune-classifier --base` turns a task recipe and a base model (zoo.bases.Base) into a complete
+      recipe and the run's default name."""
+
+    name: str
+    config: type
+    load_data: Callable[..., Any]
+    wrap: Callable[..., Any]
+    build: Callable[..., Any]
+    finetune: Callable[..., Any] | None = None
