@@ -122,3 +122,19 @@ def final_weights(run_dir: Path) -> dict:
 
     latest = (run_dir / "ckpt" / "latest").read_text().strip()
     return load_file(run_dir / "ckpt" / latest / "model.safetensors")
+
+
+def poison_loss(monkeypatch, at_call: int):
+    """Make the language-model loss NaN at its `at_call`-th computation; returns the real loss function."""
+    from zoo.tasks.lm import LMTask
+
+    original = LMTask.loss
+    calls = {"n": 0}
+
+    def poisoned(self, model, batch, state):
+        calls["n"] += 1
+        loss, new_state = original(self, model, batch, state)
+        return (loss * float("nan") if calls["n"] == at_call else loss), new_state
+
+    monkeypatch.setattr(LMTask, "loss", poisoned)
+    return original

@@ -18,7 +18,7 @@ import torch
 
 from zoo.tasks.lm import LMTask
 
-from .conftest import final_weights, read_summary, scalars
+from .conftest import final_weights, poison_loss, read_summary, scalars
 
 
 def steps(n: int) -> list[str]:
@@ -34,7 +34,7 @@ def run_dir(tmp_path: Path, name: str = "tiny") -> Path:
 
 def leftovers(root: Path) -> list[str]:
     """Temp files and folders anywhere in a run directory."""
-    return sorted(p.name for p in root.rglob("*") if ".tmp-" in p.name or p.name.startswith((".tmp", ".old-")))
+    return sorted(p.name for p in root.rglob("*") if ".tmp-" in p.name or ".old-" in p.name)
 
 
 @pytest.fixture
@@ -240,15 +240,7 @@ def test_a_full_disk_is_one_line_and_the_run_resumes(zoo, reference, tmp_path, m
 
 
 def test_after_a_divergence_the_named_remedies_resume_the_run(zoo, make_recipe, tmp_path, monkeypatch):
-    original = LMTask.loss
-    calls = {"n": 0}
-
-    def poisoned(self, model, batch, state):
-        calls["n"] += 1
-        loss, new_state = original(self, model, batch, state)
-        return (loss * float("nan") if calls["n"] == 7 else loss), new_state
-
-    monkeypatch.setattr(LMTask, "loss", poisoned)
+    original = poison_loss(monkeypatch, at_call=7)
     recipe = make_recipe()
     stopped = zoo("train", recipe, *STEPS)
     assert stopped.code == 2 and "training loss is nan" in stopped.err and "at step 7" in stopped.err

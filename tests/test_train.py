@@ -14,7 +14,7 @@ import torch
 
 from zoo.tasks.lm import LMTask
 
-from .conftest import final_weights, read_summary, scalars, zoo_subprocess
+from .conftest import final_weights, poison_loss, read_summary, scalars, zoo_subprocess
 
 
 def test_train_writes_the_run_directory(zoo, make_recipe, tmp_path):
@@ -150,15 +150,7 @@ def test_early_stopping(zoo, make_recipe, tmp_path, monkeypatch):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(zoo, make_recipe, tmp_path, monkeypatch):
-    original = LMTask.loss
-    calls = {"n": 0}
-
-    def poisoned(self, model, batch, state):
-        calls["n"] += 1
-        loss, new_state = original(self, model, batch, state)
-        return (loss * float("nan") if calls["n"] == 13 else loss), new_state
-
-    monkeypatch.setattr(LMTask, "loss", poisoned)
+    original = poison_loss(monkeypatch, at_call=13)
     recipe = make_recipe()
     result = zoo("train", recipe)
     assert result.code == 2

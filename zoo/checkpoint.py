@@ -125,6 +125,30 @@ def load_model_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], alias
     model.load_state_dict(full)
 
 
+def swap_in(tmp: Path, final: Path) -> None:
+    """Put the fully written folder `tmp` at `final`. An existing `final` is moved aside first and deleted only
+    once the new one is in place; a kill in between leaves it as `.NAME.old-PID`, which `recover_swap` puts
+    back."""
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def recover_swap(old: Path) -> str:
+    """A `.NAME.old-PID` folder a killed `swap_in` left: put back where its name says if nothing is there now,
+    else delete it (the new folder is in place); returns what was done."""
+    final = old.parent / old.name[1:].rsplit(".old-", 1)[0]
+    if not final.exists():
+        os.replace(old, final)
+        return f"restored {final.name}"
+    shutil.rmtree(old, ignore_errors=True)
+    return f"removed {old.name}"
+
+
 # ------------------------------------------------------------------------------------------- reading
 def _short(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -307,13 +331,7 @@ class Checkpointer:
             _write_bytes(tmp / "meta.json", json.dumps(meta, indent=1, sort_keys=True).encode("utf-8"), "save.meta")
             _fsync_dir(tmp)
             file_event("save.rename", tmp)
-            if final.exists():  # the same step saved again (e.g. a stop right after a periodic save)
-                old = self.root / f".old-{final.name}-{os.getpid()}"
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
+            swap_in(tmp, final)  # the same step may be saved again (e.g. a stop right after a periodic save)
             _fsync_dir(self.root)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -350,15 +368,8 @@ class Checkpointer:
             return done
         for path in sorted(self.root.iterdir()):
             name = path.name
-            if name.startswith(".old-") and path.is_dir():
-                step_name = name.removeprefix(".old-").rsplit("-", 1)[0]
-                final = self.root / step_name
-                if STEP_DIR.match(step_name) and not final.exists():
-                    os.replace(path, final)
-                    done.append(f"restored {step_name}")
-                else:
-                    shutil.rmtree(path, ignore_errors=True)
-                    done.append(f"removed {name}")
+            if ".old-" in name and path.is_dir():
+                done.append(recover_swap(path))
             elif name.startswith(".tmp-") and path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
                 done.append(f"removed {name}")

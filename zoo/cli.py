@@ -385,26 +385,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# (argument, whether a value is valid, the message otherwise) for the numeric options of every command
+ARG_RULES = [
+    ("nproc_per_node", lambda v: v >= 1, "--nproc-per-node must be >= 1"),
+    ("max_restarts", lambda v: v >= 0, "--max-restarts must be >= 0"),
+    ("num_samples", lambda v: v >= 1, "--num-samples must be >= 1"),
+    ("max_new_tokens", lambda v: v >= 0, "--max-new-tokens must be >= 0"),
+    ("temperature", lambda v: v >= 0, "--temperature must be >= 0 (0 = greedy)"),
+    ("top_k", lambda v: v >= 0, "--top-k must be >= 0 (0 = off)"),
+    ("top_p", lambda v: 0 < v <= 1, "--top-p must be in (0, 1]"),
+]
+
+
 def _check_args(args: argparse.Namespace) -> None:
-    if getattr(args, "nproc_per_node", 1) < 1:
-        raise ZooError("--nproc-per-node must be >= 1")
-    if getattr(args, "max_restarts", 0) < 0:
-        raise ZooError("--max-restarts must be >= 0")
-    if getattr(args, "num_samples", 1) < 1:
-        raise ZooError("--num-samples must be >= 1")
-    if getattr(args, "device", "auto") is not None:
+    for name, ok, message in ARG_RULES:
+        if name in vars(args) and not ok(vars(args)[name]):
+            raise ZooError(message)
+    if "device" in vars(args):
         from zoo.recipe import valid_device
 
-        if not valid_device(getattr(args, "device", "auto")):
+        if not valid_device(args.device):
             raise ZooError(f"--device {args.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
-    if getattr(args, "max_new_tokens", 1) < 0:
-        raise ZooError("--max-new-tokens must be >= 0")
-    if getattr(args, "temperature", 0) < 0:
-        raise ZooError("--temperature must be >= 0 (0 = greedy)")
-    if getattr(args, "top_k", 0) < 0:
-        raise ZooError("--top-k must be >= 0 (0 = off)")
-    if not 0 < getattr(args, "top_p", 1.0) <= 1:
-        raise ZooError("--top-p must be in (0, 1]")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from zoo.checkpoint import recover_swap, swap_in
 from zoo.errors import ZooError
 from zoo.models.base import count_parameters
 from zoo.models.gpt2 import CONV1D
@@ -240,8 +241,8 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best"
     for stale in (*out.parent.glob(f".{out.name}.old-*"), *out.parent.glob(f".{out.name}.tmp-*")):
         if _alive(stale.name.rsplit("-", 1)[-1]):
             continue
-        if ".old-" in stale.name and not out.exists():  # killed between its two renames: the earlier export
-            os.replace(stale, out)
+        if ".old-" in stale.name:  # killed between its two renames: the earlier export goes back if needed
+            recover_swap(stale)
         else:  # left by an export that was killed
             shutil.rmtree(stale, ignore_errors=True)
     if out.exists() and not out.is_dir():
@@ -277,13 +278,7 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best"
         for path in tmp.rglob("*"):
             if path.is_file():
                 path.chmod(mode)  # every file readable like any other the user writes (some are saved 0600)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        swap_in(tmp, out)
     except OSError as exc:
         raise ZooError(f"could not write the export to {out} ({exc.filename or ''}: {exc.strerror or exc}); "
                        "nothing was changed there") from None
