@@ -62,8 +62,13 @@ def _fast(x: torch.Tensor) -> bool:
     return _ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32
 
 
-def _mm_t(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """a @ b.T (+ bias); b may be a transposed view."""
+def _mm_t(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None,
+          low: torch.dtype | None = None) -> torch.Tensor:
+    """a @ b.T (+ bias); b may be a transposed view. With `low` (bf16/fp16 autocast on a GPU) the product is
+    computed in that precision and returned in fp32."""
+    if low is not None:
+        out = (a.to(low) @ b.to(low).t()).float()
+        return out if bias is None else out + bias
     if _fast(a):
         return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
     return a @ b.t() if bias is None else torch.addmm(bias, a, b.t())
@@ -85,17 +90,18 @@ class _Recurrent:
         return torch.mm(h, self.w) if add is None else torch.addmm(add, h, self.w)
 
 
-def _grads(x, hs, d_pre, w_ih, d_pre_h=None):
+def _grads(x, hs, d_pre, w_ih, d_pre_h=None, low=None):
     """Input and weight gradients for all timesteps at once from the pre-activation gradients `d_pre`
     [T, B, G*H] (and `d_pre_h` for the hidden side when it differs, as in the GRU), given the inputs `x` and
-    the hidden states `hs` entering each step (h_{t-1}; extra trailing steps are ignored): one matmul each."""
+    the hidden states `hs` entering each step (h_{t-1}; extra trailing steps are ignored): one matmul each (in
+    `low` precision under GPU autocast)."""
     steps, batch, width = d_pre.shape
     flat = d_pre.view(steps * batch, width)
     flat_h = flat if d_pre_h is None else d_pre_h.view(steps * batch, width)
-    d_x = _mm_t(flat, w_ih.t()).view(steps, batch, -1)
+    d_x = _mm_t(flat, w_ih.t(), low=low).view(steps, batch, -1)
     # computed transposed ((X^T dG)^T = dG^T X), which spares oneDNN a copy of the large gradient matrix
-    d_w_ih = _mm_t(x.view(steps * batch, -1).t(), flat.t()).t()
-    d_w_hh = _mm_t(hs[:steps].view(steps * batch, -1).t(), flat_h.t()).t()
+    d_w_ih = _mm_t(x.view(steps * batch, -1).t(), flat.t(), low=low).t()
+    d_w_hh = _mm_t(hs[:steps].reshape(steps * batch, -1).t(), flat_h.t(), low=low).t()
     return d_x, d_w_ih, d_w_hh, flat.sum(0), flat_h.sum(0)
 
 
@@ -187,9 +193,52 @@ def _openmp() -> list[str]:
     return ["-fopenmp"] if sys.platform.startswith("linux") else []
 
 
-def _loops_for(x: torch.Tensor):
-    """The compiled loops where they apply (CPU, float32), else None."""
-    return compiled_loops() if x.device.type == "cpu" and x.dtype == torch.float32 else None
+def _loop(x: torch.Tensor, name: str):
+    """The time loop `name` (lstm_forward, lstm_backward, gru_..., rnn_...) for tensors like `x`: the C++ LSTM
+    loops on a CPU (float32), the CUDA-graph loops on a GPU (zoo.models.cells_gpu), where they can be used;
+    else the Python loop below, which is the reference for both."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and name.startswith("lstm"):
+        ops = compiled_loops()
+        if ops is not None:
+            return getattr(ops, name)
+    if x.device.type == "cuda":
+        from zoo.models.cells_gpu import graphed
+
+        loop = graphed(name, PY_LOOPS[name], lambda g: _check_graphed(name, g, x.device))
+        if loop is not None:
+            return loop
+    return PY_LOOPS[name]
+
+
+def _example(name: str, device: torch.device, seed: int) -> tuple:
+    """Valid arguments of a small time loop, for checking a loop against the Python one."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    steps, batch, hidden = 3, 5, 8
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=gen, device=device)
+
+    h, seq = (batch, hidden), (steps, batch, hidden)
+    return {
+        "lstm_forward": lambda: (rand(steps, batch, 4 * hidden), rand(*h), rand(*h), rand(hidden, 4 * hidden)),
+        "lstm_backward": lambda: (rand(steps, batch, 4 * hidden), rand(*seq), rand(*seq), rand(*seq), rand(*h),
+                                  rand(*h), rand(4 * hidden, hidden)),
+        "gru_forward": lambda: (rand(steps, batch, 3 * hidden), rand(*h), rand(3 * hidden, hidden), rand(hidden)),
+        "gru_backward": lambda: (rand(steps, batch, 3 * hidden), rand(*seq), rand(steps + 1, batch, hidden),
+                                 rand(*seq), rand(*h), rand(3 * hidden, hidden)),
+        "rnn_forward": lambda: (rand(*seq), rand(*h), rand(hidden, hidden)),
+        "rnn_backward": lambda: (rand(steps + 1, batch, hidden), rand(*seq), rand(*h), rand(hidden, hidden)),
+    }[name]()
+
+
+def _check_graphed(name: str, graphed_loop, device: torch.device) -> None:
+    """Run a graphed loop twice (new inputs the second time: they must reach the graph) against the Python
+    loop; raise if they disagree."""
+    for seed in (0, 1):
+        args = _example(name, device, seed)
+        for a, b in zip(graphed_loop(*args), PY_LOOPS[name](*args), strict=True):
+            if not torch.allclose(a, b, rtol=1e-5, atol=1e-6):
+                raise RuntimeError("the graphed loop disagrees with the Python loop")
 
 
 # The layer Functions work time-major ([T, B, features]) so each step's slice is contiguous. The Python loops
@@ -251,13 +300,12 @@ def _lstm_backward_loop(acts, c_prev, tanh_c, d_out, dh, dc, w):
 
 class _LSTMLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, low=None):
         steps, batch, _ = x.shape
-        loops = _loops_for(x)
-        forward_loop = loops.lstm_forward if loops is not None else _lstm_forward_loop
         # all timesteps' input projections (and both biases) in one matmul, then the time loop
-        xp = _mm_t(x.view(steps * batch, -1), w_ih, b_ih + b_hh).view(steps, batch, -1)
-        acts, cells, tanh_c, hs = forward_loop(xp, h0, c0, w_hh.t().contiguous())
+        xp = _mm_t(x.view(steps * batch, -1), w_ih, b_ih + b_hh, low=low).view(steps, batch, -1)
+        acts, cells, tanh_c, hs = _loop(x, "lstm_forward")(xp, h0, c0, w_hh.t().contiguous())
+        ctx.low = low
         ctx.save_for_backward(x, w_ih, w_hh, acts, cells[:-1], tanh_c, hs)
         return hs[1:], hs[steps].clone(), cells[steps].clone()
 
@@ -268,105 +316,154 @@ class _LSTMLayer(torch.autograd.Function):
         dh = d_hn if d_hn is not None else x.new_zeros(batch, hidden)
         dc = d_cn if d_cn is not None else x.new_zeros(batch, hidden)
         d_out = d_out.contiguous() if d_out is not None else None
-        loops = _loops_for(x)
-        backward_loop = loops.lstm_backward if loops is not None else _lstm_backward_loop
-        d_pre, dh, dc = backward_loop(acts, c_prev, tanh_c, d_out, dh, dc, w_hh.contiguous())
-        d_x, d_w_ih, d_w_hh, d_b, _ = _grads(x, hs, d_pre, w_ih)
-        return d_x, dh, dc, d_w_ih, d_w_hh, d_b, d_b
+        d_pre, dh, dc = _loop(x, "lstm_backward")(acts, c_prev.contiguous(), tanh_c, d_out, dh, dc,
+                                                  w_hh.contiguous())
+        d_x, d_w_ih, d_w_hh, d_b, _ = _grads(x, hs, d_pre, w_ih, low=ctx.low)
+        return d_x, dh, dc, d_w_ih, d_w_hh, d_b, d_b, None
 
 
 # -------------------------------------------------------------------------------------------- GRU
+def _gru_forward_loop(xp, h0, w_hh, b_hn):
+    """xp [T, B, 3H]: input projections with the r and z hidden biases folded in (b_hn stays inside
+    r * (W_hn h + b_hn)). Returns the activations [T, B, 3H] (sigma(r), sigma(z), tanh(n)), W_hn h + b_hn
+    [T, B, H] (needed for dr) and the hidden states [T+1, B, H] (h0 first)."""
+    steps, batch, three_h = xp.shape
+    hidden = three_h // 3
+    rz, n_part = slice(0, 2 * hidden), slice(2 * hidden, 3 * hidden)
+    rec = _Recurrent(w_hh, batch)
+    acts = xp.new_empty(steps, batch, three_h)
+    hn_pre = xp.new_empty(steps, batch, hidden)
+    hs = xp.new_empty(steps + 1, batch, hidden)
+    hs[0] = h0
+    h = hs[0]
+    for t in range(steps):
+        hp = rec(h)
+        a = acts[t]
+        torch.sigmoid(xp[t, :, rz] + hp[:, rz], out=a[:, rz])
+        r, z = a[:, :hidden], a[:, hidden : 2 * hidden]
+        hn = torch.add(hp[:, n_part], b_hn, out=hn_pre[t])
+        n = torch.tanh(torch.addcmul(xp[t, :, n_part], r, hn), out=a[:, n_part])
+        h = torch.addcmul(n, z, h - n, out=hs[t + 1])
+    return acts, hn_pre, hs
+
+
+def _gru_backward_loop(acts, hn_pre, hs, d_out, dh, w_hh):
+    """The reverse loop: the gradients w.r.t. the input-side pre-activations [T, B, 3H], w.r.t. W_hh h + b_hh
+    [T, B, 3H], and h0."""
+    steps, batch, three_h = acts.shape
+    hidden = three_h // 3
+    r, z, n = acts.chunk(3, dim=2)
+    # chain-rule factors for all steps:  d_n = dh * (1-z)(1-n^2)   d_z = dh * (h_prev - n) z(1-z)
+    #   d_r = d_n * (W_hn h + b_hn) r(1-r)   d(W_hn h + b_hn) = d_n * r   dh_prev = dh * z + d_hidden @ W_hh
+    n_factor = (1 - z) * (1 - n * n)
+    z_factor = (hs[:steps] - n) * z * (1 - z)
+    r_factor = hn_pre * r * (1 - r)
+    r, z = r.contiguous(), z.contiguous()
+    rec = _Recurrent(w_hh.t(), batch)
+    d_in = acts.new_empty(steps, batch, three_h)
+    d_hid = acts.new_empty(steps, batch, three_h)
+    dh = dh.clone()
+    for t in reversed(range(steps)):
+        if d_out is not None:
+            dh = dh + d_out[t]
+        dr, dz, dn = d_in[t].chunk(3, dim=1)
+        torch.mul(dh, n_factor[t], out=dn)
+        torch.mul(dh, z_factor[t], out=dz)
+        torch.mul(dn, r_factor[t], out=dr)
+        d_hid[t, :, : 2 * hidden] = d_in[t, :, : 2 * hidden]
+        torch.mul(dn, r[t], out=d_hid[t, :, 2 * hidden :])
+        dh = torch.addcmul(rec(d_hid[t]), dh, z[t])
+    return d_in, d_hid, dh
+
+
 class _GRULayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh):
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, low=None):
         steps, batch, _ = x.shape
         hidden = h0.shape[1]
         rz, n_part = slice(0, 2 * hidden), slice(2 * hidden, 3 * hidden)
         # b_hn stays inside r * (W_hn h + b_hn); the other hidden biases fold into the input projection
         folded = torch.cat([b_ih[rz] + b_hh[rz], b_ih[n_part]])
-        xp = (_mm_t(x.view(steps * batch, -1), w_ih) + folded).view(steps, batch, 3 * hidden)
-        rec = _Recurrent(w_hh, batch)
-        b_hn = b_hh[n_part]
-        acts = x.new_empty(steps, batch, 3 * hidden)  # sigma(r), sigma(z), tanh(n)
-        hn_pre = x.new_empty(steps, batch, hidden)  # W_hn h + b_hn, needed for dr
-        hs = x.new_empty(steps + 1, batch, hidden)
-        hs[0] = h0
-        h = hs[0]
-        for t in range(steps):
-            hp = rec(h)
-            a = acts[t]
-            torch.sigmoid(xp[t, :, rz] + hp[:, rz], out=a[:, rz])
-            r, z = a[:, :hidden], a[:, hidden : 2 * hidden]
-            hn = torch.add(hp[:, n_part], b_hn, out=hn_pre[t])
-            n = torch.tanh(torch.addcmul(xp[t, :, n_part], r, hn), out=a[:, n_part])
-            h = torch.addcmul(n, z, h - n, out=hs[t + 1])
+        xp = (_mm_t(x.view(steps * batch, -1), w_ih, low=low) + folded).view(steps, batch, 3 * hidden)
+        acts, hn_pre, hs = _loop(x, "gru_forward")(xp, h0, w_hh, b_hh[n_part].contiguous())
+        ctx.low = low
         ctx.save_for_backward(x, w_ih, w_hh, acts, hn_pre, hs)
         return hs[1:], hs[steps].clone()
 
     @staticmethod
     def backward(ctx, d_out, d_hn):
         x, w_ih, w_hh, acts, hn_pre, hs = ctx.saved_tensors
-        steps, batch, three_h = acts.shape
-        hidden = three_h // 3
-        r, z, n = acts.chunk(3, dim=2)
-        # chain-rule factors for all steps:  d_n = dh * (1-z)(1-n^2)   d_z = dh * (h_prev - n) z(1-z)
-        #   d_r = d_n * (W_hn h + b_hn) r(1-r)   d(W_hn h + b_hn) = d_n * r   dh_prev = dh * z + d_hidden @ W_hh
-        n_factor = (1 - z) * (1 - n * n)
-        z_factor = (hs[:steps] - n) * z * (1 - z)
-        r_factor = hn_pre * r * (1 - r)
-        r, z = r.contiguous(), z.contiguous()
-        rec = _Recurrent(w_hh.t(), batch)
-        d_in = x.new_empty(steps, batch, three_h)  # w.r.t. the input-side pre-activations
-        d_hid = x.new_empty(steps, batch, three_h)  # w.r.t. W_hh h + b_hh
-        dh = d_hn.clone() if d_hn is not None else x.new_zeros(batch, hidden)
-        for t in reversed(range(steps)):
-            if d_out is not None:
-                dh = dh + d_out[t]
-            dr, dz, dn = d_in[t].chunk(3, dim=1)
-            torch.mul(dh, n_factor[t], out=dn)
-            torch.mul(dh, z_factor[t], out=dz)
-            torch.mul(dn, r_factor[t], out=dr)
-            d_hid[t, :, : 2 * hidden] = d_in[t, :, : 2 * hidden]
-            torch.mul(dn, r[t], out=d_hid[t, :, 2 * hidden :])
-            dh = torch.addcmul(rec(d_hid[t]), dh, z[t])
-        d_x, d_w_ih, d_w_hh, d_b_ih, d_b_hh = _grads(x, hs, d_in, w_ih, d_hid)
-        return d_x, dh, d_w_ih, d_w_hh, d_b_ih, d_b_hh
+        batch, hidden = acts.shape[1], acts.shape[2] // 3
+        dh = d_hn if d_hn is not None else x.new_zeros(batch, hidden)
+        d_out = d_out.contiguous() if d_out is not None else None
+        d_in, d_hid, dh = _loop(x, "gru_backward")(acts, hn_pre, hs, d_out, dh, w_hh)
+        d_x, d_w_ih, d_w_hh, d_b_ih, d_b_hh = _grads(x, hs, d_in, w_ih, d_hid, low=ctx.low)
+        return d_x, dh, d_w_ih, d_w_hh, d_b_ih, d_b_hh, None
 
 
 # -------------------------------------------------------------------------------------------- RNN
+def _rnn_forward_loop(xp, h0, w_hh):
+    """xp [T, B, H] with both biases; returns the hidden states [T+1, B, H] (h0 first)."""
+    steps, batch, hidden = xp.shape
+    rec = _Recurrent(w_hh, batch)
+    hs = xp.new_empty(steps + 1, batch, hidden)
+    hs[0] = h0
+    h = hs[0]
+    for t in range(steps):
+        h = torch.tanh(rec(h, xp[t]), out=hs[t + 1])
+    return (hs,)
+
+
+def _rnn_backward_loop(hs, d_out, dh, w_hh):
+    """The pre-activation gradients [T, B, H] and the gradient w.r.t. h0."""
+    steps, batch, hidden = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
+    factor = 1 - hs[1:] * hs[1:]  # tanh' for every step
+    rec = _Recurrent(w_hh.t(), batch)
+    d_pre = hs.new_empty(steps, batch, hidden)
+    dh = dh.clone()
+    for t in reversed(range(steps)):
+        if d_out is not None:
+            dh = dh + d_out[t]
+        torch.mul(dh, factor[t], out=d_pre[t])
+        dh = rec(d_pre[t])
+    return d_pre, dh
+
+
 class _RNNLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh):
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, low=None):
         steps, batch, _ = x.shape
         hidden = h0.shape[1]
-        xp = (_mm_t(x.view(steps * batch, -1), w_ih) + (b_ih + b_hh)).view(steps, batch, hidden)
-        rec = _Recurrent(w_hh, batch)
-        hs = x.new_empty(steps + 1, batch, hidden)
-        hs[0] = h0
-        h = hs[0]
-        for t in range(steps):
-            h = torch.tanh(rec(h, xp[t]), out=hs[t + 1])
+        xp = (_mm_t(x.view(steps * batch, -1), w_ih, low=low) + (b_ih + b_hh)).view(steps, batch, hidden)
+        (hs,) = _loop(x, "rnn_forward")(xp, h0, w_hh)
+        ctx.low = low
         ctx.save_for_backward(x, w_ih, w_hh, hs)
         return hs[1:], hs[steps].clone()
 
     @staticmethod
     def backward(ctx, d_out, d_hn):
         x, w_ih, w_hh, hs = ctx.saved_tensors
-        steps, batch, hidden = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
-        factor = 1 - hs[1:] * hs[1:]  # tanh' for every step
-        rec = _Recurrent(w_hh.t(), batch)
-        d_pre = x.new_empty(steps, batch, hidden)
-        dh = d_hn.clone() if d_hn is not None else x.new_zeros(batch, hidden)
-        for t in reversed(range(steps)):
-            if d_out is not None:
-                dh = dh + d_out[t]
-            torch.mul(dh, factor[t], out=d_pre[t])
-            dh = rec(d_pre[t])
-        d_x, d_w_ih, d_w_hh, d_b, _ = _grads(x, hs, d_pre, w_ih)
-        return d_x, dh, d_w_ih, d_w_hh, d_b, d_b
+        batch, hidden = hs.shape[1], hs.shape[2]
+        dh = d_hn if d_hn is not None else x.new_zeros(batch, hidden)
+        d_out = d_out.contiguous() if d_out is not None else None
+        d_pre, dh = _loop(x, "rnn_backward")(hs, d_out, dh, w_hh)
+        d_x, d_w_ih, d_w_hh, d_b, _ = _grads(x, hs, d_pre, w_ih, low=ctx.low)
+        return d_x, dh, d_w_ih, d_w_hh, d_b, d_b, None
+
+
+PY_LOOPS = {"lstm_forward": _lstm_forward_loop, "lstm_backward": _lstm_backward_loop,
+            "gru_forward": _gru_forward_loop, "gru_backward": _gru_backward_loop,
+            "rnn_forward": _rnn_forward_loop, "rnn_backward": _rnn_backward_loop}
 
 
 # ------------------------------------------------------------------------------------------ stacks
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The lower precision autocast asks for on a GPU, else None."""
+    if device.type != "cuda" or not torch.is_autocast_enabled(device.type):
+        return None
+    return torch.get_autocast_dtype(device.type)
+
+
 class ScratchRNN(nn.Module):
     """A stack of LSTM/GRU/RNN layers with nn.LSTM's interface (batch_first): `forward(x, state)` returns
     the last layer's outputs and the final state, `(h_n, c_n)` for an LSTM and `h_n` otherwise, each
@@ -402,8 +499,11 @@ class ScratchRNN(nn.Module):
             h0, c0 = state if state is not None else (zeros, zeros)
         else:
             h0, c0 = (state if state is not None else zeros), None
-        # the cells run in fp32 under autocast (their saved activations and hand-written backward are fp32);
-        # between layers the sequence stays time-major
+        # Under bf16/fp16 autocast on a GPU the big matmuls (all timesteps' input projections, and the input
+        # and weight gradients) run in that precision; the recurrence (W_hh h per step, the gates, the cell
+        # state) and the saved activations stay fp32, as does everything on a CPU. Between layers the
+        # sequence stays time-major.
+        low = _autocast_dtype(x.device)
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = x.float().transpose(0, 1).contiguous()
             h_out, c_out = [], []
@@ -412,12 +512,13 @@ class ScratchRNN(nn.Module):
                     x = F.dropout(x, self.dropout, self.training)
                 weights = self._layer(k)
                 if self.cell == "lstm":
-                    x, h, c = _LSTMLayer.apply(x, h0[k].float().contiguous(), c0[k].float().contiguous(), *weights)
+                    x, h, c = _LSTMLayer.apply(x, h0[k].float().contiguous(), c0[k].float().contiguous(), *weights,
+                                               low)
                     c_out.append(c)
                 elif self.cell == "gru":
-                    x, h = _GRULayer.apply(x, h0[k].float().contiguous(), *weights)
+                    x, h = _GRULayer.apply(x, h0[k].float().contiguous(), *weights, low)
                 else:
-                    x, h = _RNNLayer.apply(x, h0[k].float().contiguous(), *weights)
+                    x, h = _RNNLayer.apply(x, h0[k].float().contiguous(), *weights, low)
                 h_out.append(h)
         h_n = torch.stack(h_out)
         return x.transpose(0, 1), ((h_n, torch.stack(c_out)) if self.cell == "lstm" else h_n)
