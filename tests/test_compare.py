@@ -68,6 +68,30 @@ def test_noise_logic_on_synthetic_runs(tmp_path):
     assert compare.differing(runs) == ["train.grad_clip"]
 
 
+def test_duplicates_unfinished_runs_and_other_tasks_get_their_own_rows(tmp_path):
+    def run(name, test, seed, clip, status="finished", kind="lm", step=60):
+        return compare.RunInfo(tmp_path / name, {"run.seed": seed, "train.grad_clip": clip, "task.kind": kind},
+                               {"test_loss": test, "best_val_loss": test, "status": status, "step": step,
+                                "wall_time_s": 421.9201})
+
+    runs = [run("a0", 3.00, 0, 0.0), run("a1", 3.02, 1, 0.0), run("a0-again", 3.01, 0, 0.0),
+            run("a2", 2.50, 2, 0.0, status="interrupted", step=6), run("b0", 2.90, 0, 1.0),
+            run("spam", 0.2, 0, 1.0, kind="classify")]
+    rows = compare.compare(runs)
+    assert [r["run"].split()[0] for r in rows] == ["a0", "a0-again", "a2", "b0", "spam"]
+    assert rows[0]["seeds"] == 2 and rows[0]["test_loss"] == pytest.approx(3.01)  # a0 and a1 only
+    assert rows[1]["seeds"] == 1 and "same recipe and seed as a0" in rows[1]["note"]
+    assert rows[2]["status"] == "interrupted" and rows[2]["steps"] == 6 and rows[2]["delta_test"] is None
+    assert rows[3]["delta_test"] == pytest.approx(-0.11)
+    assert rows[4]["delta_test"] is None and "another task (classify)" in rows[4]["note"]
+    notes = compare.notes(rows)
+    assert len(notes) == 3 and notes[1].startswith("a2") and "interrupted at step 6" in notes[1]
+    table = compare.render(rows)
+    header = table.splitlines()[0].split()
+    assert "status" in header and "steps" in header
+    assert "421.9201" not in table and "422" in table  # seconds as whole numbers in every row
+
+
 def test_compare_rejects_what_is_not_a_finished_run(zoo, tmp_path):
     result = zoo("compare", tmp_path)
     assert result.code == 2 and "is not a zoo run" in result.err

@@ -229,3 +229,21 @@ def test_char_gpt2_classifier_exports_natively(zoo, tmp_path):
     assert "auto_map" not in config and config["architectures"] == ["GPT2ForSequenceClassification"]
     assert config["pad_token_id"] == config["vocab_size"] - 1  # its own id, after the characters
     assert_classifier_agrees_with_zoo(zoo, tmp_path / "runs" / "spam", out, tmp_path, remote=False)
+
+
+def test_export_of_a_run_still_training_and_file_modes(zoo, make_recipe, tmp_path):
+    """A run with checkpoints but no summary.json yet (still training, or stopped in its final evaluation)
+    exports; the card says what it knows, and every file is as readable as the user's others."""
+    import os
+
+    assert zoo("train", make_recipe(), "--set", "train.max_steps=4").code == 0
+    (tmp_path / "runs" / "tiny" / "summary.json").unlink()
+    result = zoo("export-hf", tmp_path / "runs" / "tiny", tmp_path / "out")
+    assert result.code == 0, result
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "still training, or stopped before its end" in card and "description =" not in card
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir() if p.is_file()}
+    assert "model.safetensors" in modes and set(modes.values()) == {0o666 & ~umask}, modes
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temporary folder left

@@ -97,6 +97,13 @@ def test_missing_recipe_file(zoo):
 @pytest.mark.parametrize("override,fragment", [
     ("train.lr=-1", "train.lr is -1.0"),
     ("model.hiden_size=3", "did you mean 'hidden_size'"),
+    ("train.learning_rate=1e-3", "unknown recipe key train.learning_rate; did you mean 'lr'? (valid: "),
+    ("train.lr_rate=1e-3", "did you mean 'lr'?"),
+    ("run.epochs=2", "did you mean 'train.epochs'?"),
+    ("task.data=x.csv", "did you mean 'data.source'?"),
+    ("train.max_iters=5", "did you mean 'max_steps'"),
+    ("model.block_size=8", "(valid: "),
+    ("run.threads=-1", "run.threads is -1"),
     ("train.batch_size=\"big\"", "train.batch_size must be int"),
     ("nonsense", "section.key=value"),
 ])

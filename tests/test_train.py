@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -36,13 +37,17 @@ def test_train_writes_the_run_directory(zoo, make_recipe, tmp_path):
     tok = json.loads((run / "tokenizer.json").read_text())
     assert tok["chars"] == sorted(tok["chars"])
     assert "step 20/20" in result.out and "test loss" in result.out
+    assert summary["precision"] == "fp32" and "on cpu (fp32, auto)" in result.out  # run.precision = auto
 
 
 def test_tensorboard_has_the_shared_tags_and_a_sample(zoo, make_recipe, tmp_path):
     assert zoo("train", make_recipe()).code == 0
     run = tmp_path / "runs" / "tiny"
-    for tag in ("loss/train", "optim/lr", "optim/grad_norm", "optim/clipped_frac", "progress/tokens"):
+    for tag in ("loss/train", "optim/lr", "optim/grad_norm", "optim/clipped_frac", "progress/tokens",
+                "progress/seconds"):
         assert [s for s, _ in scalars(run, tag)] == list(range(1, 21)), tag
+    seconds = [v for _, v in scalars(run, "progress/seconds")]
+    assert 0 < seconds[0] and seconds == sorted(seconds)  # training time, for compare --x time
     assert [s for s, _ in scalars(run, "loss/val")] == [10, 20]
     assert [s for s, _ in scalars(run, "perf/tokens_per_s")] == [5, 10, 15, 20]
     assert scalars(run, "loss/test")[0][1] == pytest.approx(read_summary(run)["test_loss"], rel=1e-6)
@@ -69,6 +74,8 @@ def test_resumed_run_equals_uninterrupted_run(zoo, make_recipe, tmp_path, cell):
     recipe = make_recipe(cell=cell)
     assert zoo("train", recipe, "--name", "whole").code == 0
     assert zoo("train", recipe, "--name", "split", "--set", "train.max_steps=10").code == 0
+    if cell == "lstm":
+        time.sleep(2.0)  # time stopped is not training time
     second = zoo("train", recipe, "--name", "split")
     assert second.code == 0 and "resuming" in second.out and "step-00000010" in second.out
     whole, split = final_weights(tmp_path / "runs" / "whole"), final_weights(tmp_path / "runs" / "split")
@@ -78,6 +85,8 @@ def test_resumed_run_equals_uninterrupted_run(zoo, make_recipe, tmp_path, cell):
     curve_whole = scalars(tmp_path / "runs" / "whole", "loss/train")
     curve_split = scalars(tmp_path / "runs" / "split", "loss/train")
     assert curve_whole == curve_split and len(curve_split) == 20  # no step logged twice
+    seconds = [v for _, v in scalars(tmp_path / "runs" / "split", "progress/seconds")]
+    assert seconds == sorted(seconds) and seconds[10] - seconds[9] < 1.0
     assert read_summary(tmp_path / "runs" / "whole")["test_loss"] == read_summary(tmp_path / "runs" / "split")[
         "test_loss"]
 
@@ -205,6 +214,7 @@ def test_reduced_precision_trains_on_cpu(zoo, make_recipe, tmp_path, precision, 
     assert result.code == 0, result
     summary = read_summary(tmp_path / "runs" / "tiny")
     assert summary["precision"] == precision and math.isfinite(summary["test_loss"])
+    assert f"{precision} on a CPU: its {precision} matmuls are usually slower than fp32" in result.out
     if precision == "fp16":  # the grad scaler's state is checkpointed
         state = torch.load(tmp_path / "runs" / "tiny" / "ckpt" / "step-00000010" / "state.pt", weights_only=True)
         assert state["scaler"]["scale"] > 0
@@ -277,3 +287,28 @@ def test_a_run_directory_is_trained_by_one_process_at_a_time(zoo, make_recipe, t
     finally:
         held.close()
     assert zoo("train", make_recipe(), "--set", "train.max_steps=2").code == 0
+
+
+def test_thread_settings_for_a_shared_machine(zoo, make_recipe, tmp_path, monkeypatch):
+    from zoo import cli, session
+
+    for name in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "ZOO_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    cli.configure_threads()
+    assert os.environ["GOMP_SPINCOUNT"] == "1000"  # idle OpenMP threads sleep soon instead of spinning
+    monkeypatch.setenv("GOMP_SPINCOUNT", "5")
+    cli.configure_threads()
+    assert os.environ["GOMP_SPINCOUNT"] == "5"  # the user's own setting wins
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    monkeypatch.setenv("ZOO_THREADS", "off")
+    cli.configure_threads()
+    assert "GOMP_SPINCOUNT" not in os.environ
+
+    assert zoo("train", make_recipe(), "--set", "run.threads=1", "--set", "train.max_steps=2").code == 0
+    try:
+        assert torch.get_num_threads() == 1
+        again = zoo("train", make_recipe(), "--set", "train.max_steps=4")  # run.threads changes no result
+        assert again.code == 0 and "resuming" in again.out, again
+        assert torch.get_num_threads() == min(session.TORCH_THREADS, len(os.sched_getaffinity(0)))
+    finally:
+        torch.set_num_threads(session.TORCH_THREADS)

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from zoo.errors import ZooError
 
@@ -196,7 +197,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.plot and not Path(args.plot).resolve().parent.is_dir():
         raise ZooError(f"--plot {args.plot}: the folder {Path(args.plot).parent} does not exist; create it first")
     runs = [compare.read_run(r) for r in args.runs]
-    print(compare.render(compare.compare(runs), args.format))
+    rows = compare.compare(runs)
+    print(compare.render(rows, args.format))
+    for line in compare.notes(rows):
+        print(f"zoo: note: {line}", file=sys.stderr)
     if args.plot:
         curves = compare.plot(runs, args.plot, args.x)
         print(f"wrote {args.plot} ({curves} curves)", file=sys.stderr)
@@ -279,8 +283,15 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with zoo's one-line errors: `zoo: error: ...` and where the usage is, not the usage itself."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"zoo: error: {message} (`{self.prog} --help` shows the usage)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zoo", description="A language-model zoo: train, sample, evaluate.")
+    parser = _Parser(prog="zoo", description="A language-model zoo: train, sample, evaluate.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train (or resume) a run from a TOML recipe")
@@ -408,9 +419,22 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ZooError(f"--device {args.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
 
 
+def configure_threads() -> None:
+    """Thread settings for sharing a machine, applied before torch loads (the OpenMP runtime reads them once).
+    An idle OpenMP thread spins for GOMP_SPINCOUNT iterations (300,000 by default) before it sleeps; with two
+    trainings on the same cores those spinning threads take the CPU from the other one's working threads
+    (benchmarks/shared_machine.py: each kept a quarter of its solo speed or less). 1,000 keeps each at about half
+    of its solo speed and costs nothing alone. A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins;
+    ZOO_THREADS=off leaves torch's defaults."""
+    if os.environ.get("ZOO_THREADS", "") == "off" or "OMP_WAIT_POLICY" in os.environ:
+        return
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `zoo` console script. User errors print one line and return 2. Under torchrun,
     its error recording is on, so a failing rank's traceback reaches the launcher's summary."""
+    configure_threads()
     if "TORCHELASTIC_RUN_ID" in os.environ:
         from zoo.dist import die_with_parent, record
 

@@ -69,12 +69,33 @@ def _shown(keys: list[str], runs: list[RunInfo]) -> list[str]:
             or len({json.dumps(r.recipe[k]) for r in runs if k in r.recipe}) > 1]
 
 
-def _groups(runs: list[RunInfo], keys: list[str]) -> list[list[RunInfo]]:
-    """Runs that differ only in their seed, in order of first appearance."""
-    groups: dict[str, list[RunInfo]] = {}
+FINISHED = ("finished", "early_stopped")
+
+
+def _finished(run: RunInfo) -> bool:
+    return run.summary.get("status", "finished") in FINISHED
+
+
+def _groups(runs: list[RunInfo], keys: list[str]) -> list[tuple[list[RunInfo], str]]:
+    """(runs, note) rows in order of first appearance: finished runs that differ only in their seed share a row
+    (mean +- std); a run that did not finish has its own row, and so has a run repeating another's recipe
+    and seed (a duplicate, not a second seed)."""
+    rows: list[tuple[list[RunInfo], str]] = []
+    open_rows: dict[str, list[RunInfo]] = {}
     for r in runs:
-        groups.setdefault(json.dumps([r.recipe.get(k) for k in keys]), []).append(r)
-    return list(groups.values())
+        if not _finished(r):
+            rows.append(([r], f"{r.summary.get('status', 'unfinished')} at step {r.summary.get('step')}"))
+            continue
+        key = json.dumps([r.recipe.get(k) for k in keys])
+        group = open_rows.get(key)
+        if group is not None and any(g.seed == r.seed for g in group):
+            rows.append(([r], f"same recipe and seed as {next(g.name for g in group if g.seed == r.seed)}"))
+        elif group is not None:
+            group.append(r)
+        else:
+            open_rows[key] = [r]
+            rows.append((open_rows[key], ""))
+    return rows
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -91,7 +112,8 @@ def compare(runs: list[RunInfo]) -> list[dict[str, Any]]:
     rows = []
     base_mean = None
     noise = None
-    for i, group in enumerate(_groups(runs, keys)):
+    base_task = runs[0].recipe.get("task.kind", "lm")
+    for i, (group, note) in enumerate(_groups(runs, keys)):
         first = group[0]
         tests = [r.summary["test_loss"] for r in group if r.summary.get("test_loss") is not None]
         vals = [r.summary["best_val_loss"] for r in group if r.summary.get("best_val_loss") is not None]
@@ -104,6 +126,8 @@ def compare(runs: list[RunInfo]) -> list[dict[str, Any]]:
             **{k: first.recipe.get(k) for k in _shown(keys, runs)},
             "params": first.summary.get("params"),
             "tokens": first.summary.get("tokens", first.summary.get("examples")),
+            "status": ", ".join(sorted({r.summary.get("status", "finished") for r in group})),
+            "steps": first.summary.get("step"),
             "wall_time_s": statistics.fmean(r.summary.get("wall_time_s", 0.0) for r in group),
             "tokens_per_s": statistics.fmean(r.summary.get("tokens_per_s", r.summary.get("examples_per_s", 0.0))
                                              for r in group),
@@ -113,13 +137,19 @@ def compare(runs: list[RunInfo]) -> list[dict[str, Any]]:
             "test_loss_std": _stats(tests)[1] if tests else None,
             "final_test_loss": _stats(final_tests)[0] if final_tests else None,
             "test_bits_per_char": _stats(bpc)[0] if bpc else None,
+            "note": note,
         }
-        if i == 0:
+        if first.recipe.get("task.kind", "lm") != base_task:
+            row["note"] = f"another task ({first.recipe.get('task.kind')}) than the first run's: no delta"
+            row["delta_test"], row["exceeds_noise"] = None, None
+        elif i == 0:
             base_mean = row["test_loss"]
             noise = row["test_loss_std"] if len(tests) > 1 else None
             row["delta_test"], row["exceeds_noise"] = 0.0, None
         else:
             delta = row["test_loss"] - base_mean if row["test_loss"] is not None and base_mean is not None else None
+            if note:  # an unfinished run or a duplicate is not an experiment to judge by its delta
+                delta = None
             row["delta_test"] = delta
             stds = [s for s in (noise, row["test_loss_std"] if len(tests) > 1 else None) if s is not None]
             row["exceeds_noise"] = None if delta is None or not stds else abs(delta) > 2 * max(stds)
@@ -127,13 +157,21 @@ def compare(runs: list[RunInfo]) -> list[dict[str, Any]]:
     return rows
 
 
-def _fmt(value: Any) -> str:
+def notes(rows: list[dict[str, Any]]) -> list[str]:
+    """Warnings about rows that are not comparable with the first (another task, unfinished, duplicates)."""
+    return [f"{r['run']}: {r['note']}" for r in rows if r.get("note")]
+
+
+WHOLE = ("params", "tokens", "steps", "wall_time_s", "tokens_per_s")  # shown as whole numbers
+
+
+def _fmt(value: Any, column: str = "") -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:,.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+        return f"{value:,.0f}" if column in WHOLE else f"{value:,.4f}"
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
@@ -143,7 +181,7 @@ def render(rows: list[dict[str, Any]], fmt: str = "table") -> str:
     """The comparison as an aligned text table, markdown, csv or json."""
     if fmt == "json":
         return json.dumps(rows, indent=1)
-    columns = [c for c in rows[0] if c not in ("runs", "seeds")]
+    columns = [c for c in rows[0] if c not in ("runs", "seeds", "note")]
     if all(r["test_loss_std"] in (None, 0.0) for r in rows):
         columns.remove("test_loss_std")
     if all(r.get("exceeds_noise") is None for r in rows):
@@ -158,7 +196,7 @@ def render(rows: list[dict[str, Any]], fmt: str = "table") -> str:
         writer.writeheader()
         writer.writerows(rows)
         return out.getvalue()
-    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    cells = [[_fmt(r.get(c), c) for c in columns] for r in rows]
     if fmt == "markdown":
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
@@ -186,17 +224,20 @@ def plot(runs: list[RunInfo], path: str | Path, x: str = "step") -> int:
             if not points:
                 continue
             start = run.curves.get("loss/train", points)[0][2]
+            seconds = {s: v for s, v, _ in run.curves.get("progress/seconds", [])}
             if x == "tokens":
                 xs = [s * per_step_tokens for s, _, _ in points]
+            elif x == "time" and all(s in seconds for s, _, _ in points):
+                xs = [seconds[s] for s, _, _ in points]  # training time: a stopped and resumed run has no gap
             elif x == "time":
-                xs = [w - start for _, _, w in points]
+                xs = [w - start for _, _, w in points]  # runs from before progress/seconds: wall time
             else:
                 xs = [s for s, _, _ in points]
             ax.plot(xs, [v for _, v, _ in points], style, color=color, alpha=alpha,
                     label=f"{run.name} ({tag.split('/')[1]})", marker="o" if tag == "loss/val" else None,
                     markersize=3)
             curves += 1
-    ax.set_xlabel({"step": "optimizer step", "tokens": "tokens seen", "time": "wall time (s)"}[x])
+    ax.set_xlabel({"step": "optimizer step", "tokens": "tokens seen", "time": "training time (s)"}[x])
     ax.set_ylabel("loss (nats per token)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -33,15 +33,19 @@ class RunConfig(Section):
     description: str = doc("one line shown by `zoo recipes`", "")
     seed: int = doc("seed for initialisation, data order, dropout", 1337)
     device: str = doc("auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps", "auto")
-    precision: Literal["fp32", "bf16", "fp16"] = doc("fp32, or bf16/fp16 autocast (fp16 uses a grad scaler)", "fp32")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = doc(
+        "auto: bf16 autocast on GPUs that support it, fp32 elsewhere; fp32; or bf16/fp16 autocast (fp16 uses a "
+        "grad scaler)", "auto")
     compile: Literal["auto", True, False] = doc(
         "torch.compile the training step (model, head and loss as one graph); auto: on for attention models on "
         "CUDA, off on CPU and for recurrent models. Checkpoints load either way", "auto")
     tf32: bool = doc("allow TF32 matmuls on CUDA (faster fp32 on Ampere and newer)", True)
+    threads: int = doc("CPU threads for torch (0 = torch's choice, capped at the CPUs this process may use)", 0)
 
     def validate(self) -> None:
         check(valid_device(self.device), "run.device", f"is {self.device!r}; use auto, cpu, cuda, cuda:N or mps")
         check(0 <= self.seed < 2**32, "run.seed", f"is {self.seed}; use a whole number from 0 to 4294967295")
+        check(self.threads >= 0, "run.threads", f"is {self.threads}; use 0 (automatic) or a number of threads")
 
 
 @dataclass(frozen=True)
@@ -200,7 +204,8 @@ class Recipe:
 SECTIONS = [f.name for f in dataclasses.fields(Recipe)]
 # Kinds of fields (a name ending in "." covers a whole section or prefix):
 # - presentation: they describe, re-cadence or display a run, never change what it computes;
-PRESENTATION = ("run.description", "log.", "checkpoint.", "eval.interval", "eval.batch_size", "eval.sample_")
+PRESENTATION = ("run.description", "run.threads", "log.", "checkpoint.", "eval.interval", "eval.batch_size",
+                "eval.sample_")
 # - implementation: they swap how the step is computed for an equivalent way (results equal up to rounding);
 IMPLEMENTATION = ("model.impl", "run.compile", "model.pad_vocab", "optim.impl")
 # - limits: how far a run goes.
@@ -216,10 +221,33 @@ def matches(key: str, patterns: tuple[str, ...]) -> bool:
 
 
 # ------------------------------------------------------------------------------------------- building
-def _suggest(name: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(name, valid, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    return f"{hint} valid: {', '.join(valid)}"
+# Names people bring from other trainers (nanoGPT, the book, Hugging Face), for "did you mean"
+ALIASES = {
+    "learning_rate": "lr", "lr_rate": "lr", "rate": "lr", "num_epochs": "epochs", "epoch": "epochs",
+    "max_iters": "max_steps", "iters": "max_steps", "steps": "max_steps", "num_steps": "max_steps",
+    "bs": "batch_size", "batch": "batch_size", "block_size": "seq_len", "seq_length": "seq_len",
+    "sequence_length": "seq_len", "context": "context_length", "n_positions": "context_length",
+    "clip": "grad_clip", "clip_grad": "grad_clip", "gradient_clip": "grad_clip", "max_grad_norm": "grad_clip",
+    "wd": "weight_decay", "n_layers": "n_layer", "layers": "num_layers", "hidden": "hidden_size",
+    "hidden_dim": "hidden_size", "optimizer": "name", "warmup": "warmup_steps", "warmup_iters": "warmup_steps",
+    "drop_rate": "dropout", "dtype": "precision", "amp": "precision", "mixed_precision": "precision",
+    "gradient_accumulation_steps": "micro_batch_size", "emb_dim": "n_embd", "n_heads": "n_head",
+    "data": "source", "path": "source", "file": "source", "dataset": "source", "data_path": "source",
+}
+
+
+def _suggest(name: str, valid: list[str], elsewhere: dict[str, list[str]] | None = None) -> str:
+    """"; did you mean 'x'? (valid: ...)": close names (difflib), known aliases, a valid name the unknown one
+    starts with (lr_rate -> lr), and the same name in another section (epochs -> train.epochs)."""
+    target = ALIASES.get(name.lower(), name)
+    found = [target] if target in valid and target != name else []
+    found += difflib.get_close_matches(name, valid, n=2, cutoff=0.6)
+    found += [v for v in valid if len(v) > 1 and (name.startswith(v + "_") or (len(name) > 2 and v.startswith(name)))]
+    for section, names in (elsewhere or {}).items():
+        found += [f"{section}.{n}" for n in (target, name) if n in names]
+    found = list(dict.fromkeys(found))[:3]
+    hint = "; did you mean " + " or ".join(f"'{f}'" for f in found) + "?" if found else ""
+    return f"{hint} (valid: {', '.join(valid)})"
 
 
 def _type_name(annotation: Any) -> str:
@@ -265,8 +293,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     return value
 
 
-def build_config(cls: type, raw: dict[str, Any], section: str) -> Any:
-    """Build the dataclass `cls` from `raw`, rejecting unknown keys and wrong types, then validate it."""
+def build_config(cls: type, raw: dict[str, Any], section: str, elsewhere: dict[str, list[str]] | None = None) -> Any:
+    """Build the dataclass `cls` from `raw`, rejecting unknown keys (with suggestions, also from the `elsewhere`
+    sections' names) and wrong types, then validate it."""
     if not isinstance(raw, dict):
         raise RecipeError(f"recipe section [{section}] must be a table, got {raw!r}")
     hints = typing.get_type_hints(cls)
@@ -274,7 +303,7 @@ def build_config(cls: type, raw: dict[str, Any], section: str) -> Any:
     kwargs = {}
     for key, value in raw.items():
         if key not in names:
-            raise RecipeError(f"unknown recipe key {section}.{key}{_suggest(key, names)}")
+            raise RecipeError(f"unknown recipe key {section}.{key}{_suggest(key, names, elsewhere)}")
         kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
     config = cls(**kwargs)
     config.validate()
@@ -310,18 +339,26 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def _polymorphic(raw: dict[str, Any], section: str, selector: str, known: dict[str, type]) -> Any:
+def _polymorphic(raw: dict[str, Any], section: str, selector: str, known: dict[str, type],
+                 default: str | None = None) -> Any:
     table = raw.get(section, {})
     if not isinstance(table, dict):
         raise RecipeError(f"recipe section [{section}] must be a table, not {table!r} (e.g. [{section}] then "
                           f"{selector} = ... on the next line)")
-    table = dict(table)
+    table = {selector: default, **table} if default else dict(table)
     name = table.get(selector)
     if name is None:
         raise RecipeError(f"recipe has no {section}.{selector}; choose one of: {', '.join(sorted(known))}")
     if name not in known:
         raise RecipeError(f"unknown {section}.{selector} {name!r}; known: {', '.join(sorted(known))}")
-    return build_config(known[name], table, section)
+    return build_config(known[name], table, section, _fields_elsewhere(section))
+
+
+def _fields_elsewhere(section: str) -> dict[str, list[str]]:
+    """The field names of the fixed sections other than `section`, for suggestions."""
+    hints = typing.get_type_hints(Recipe)
+    return {name: [f.name for f in dataclasses.fields(hints[name])] for name in SECTIONS
+            if name not in ("model", "task", section)}
 
 
 def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
@@ -329,11 +366,10 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
     for section in raw:
         if section not in SECTIONS:
             raise RecipeError(f"unknown recipe section [{section}]{_suggest(section, SECTIONS)}")
-    raw = {"task": {"kind": "lm"}, **raw}
     model = _polymorphic(raw, "model", "arch", registry.model_configs())
-    task = _polymorphic(raw, "task", "kind", registry.task_configs())
+    task = _polymorphic(raw, "task", "kind", registry.task_configs(), default="lm")
     hints = typing.get_type_hints(Recipe)
-    sections = {name: build_config(hints[name], raw.get(name, {}), name)
+    sections = {name: build_config(hints[name], raw.get(name, {}), name, _fields_elsewhere(name))
                 for name in SECTIONS if name not in ("model", "task")}
     recipe = Recipe(model=model, task=task, **sections)
     if recipe.data.splits[2] == 0 and recipe.eval.test:

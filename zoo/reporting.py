@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import math
 import sys
 import time
@@ -61,12 +62,24 @@ class Throughput:
     def __init__(self, flops_per_item: float | None, peak: float | None, world_size: int):
         self.flops_per_item, self.peak, self.world_size = flops_per_item, peak, world_size
         self.items, self.start, self.rate = 0, time.perf_counter(), 0.0
+        self.recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=20)
 
     def restart(self) -> None:
         self.items, self.start = 0, time.perf_counter()
+        self.recent.clear()
+        self.recent.append((self.start, 0))
 
     def add(self, items: int) -> None:
         self.items += items
+        self.recent.append((time.perf_counter(), items))
+
+    @property
+    def running(self) -> float:
+        """The rate over the last (up to 20) steps, for the progress bar from the second step on; 0 before."""
+        if len(self.recent) < 2:
+            return 0.0
+        span = self.recent[-1][0] - self.recent[0][0]
+        return sum(n for _, n in list(self.recent)[1:]) / max(span, 1e-9)
 
     def measure(self) -> float | None:
         """The window's rate (and start a new window); None if it holds no step."""
@@ -94,7 +107,7 @@ def start_line(session, counters) -> str:
     return (f"training {s.run_dir}: {count_parameters(s.model):,} parameters "
             f"({count_parameters(s.model, trainable_only=True):,} trainable), {cost}{task.steps_per_epoch()} "
             f"steps/epoch, {s.total_steps} steps of {task.items_per_step():,} {task.unit} on {s.device} "
-            f"({s.recipe.run.precision})")
+            f"({s.precision}{', auto' if s.recipe.run.precision == 'auto' else ''})")
 
 
 def setup_line(session) -> str:
@@ -102,6 +115,9 @@ def setup_line(session) -> str:
     s = session
     auto = " (auto)" if s.recipe.run.compile == "auto" else ""
     parts = [f"torch.compile {'on' if s.compiled else 'off'}{auto}", f"{s.recipe.optim.name} {s.optimizer_impl}"]
+    if s.device.type == "cpu" and s.precision in ("bf16", "fp16"):
+        parts.append(f"{s.precision} on a CPU: its {s.precision} matmuls are usually slower than fp32 (run.precision = "
+                     "auto picks fp32 here)")
     if s.state.padded_rows:
         real = s.model.state_dict(keep_vars=True)
         padded = {tuple(p.shape) for n, p in s.model.named_parameters() if tuple(real[n].shape) != p.shape}
@@ -119,7 +135,7 @@ def base_summary(session, counters, status: str) -> dict:
         "trainable_params": count_parameters(s.model, trainable_only=True),
         "flops_per_token": s.task.flops_per_item(s.model), "wall_time_s": c.elapsed,
         f"{unit}_per_s": c.tokens / max(c.elapsed, 1e-9), "device": str(s.device),
-        "precision": s.recipe.run.precision, "vocab_size": s.tokenizer.vocab_size,
+        "precision": s.precision, "vocab_size": s.tokenizer.vocab_size,
         "final_train_loss": c.last_train_loss, "final_val_loss": c.last_val,
         "best_val_loss": c.best_val if math.isfinite(c.best_val) else None, "best_step": c.best_step,
     }

@@ -111,6 +111,10 @@ def check_recipe(recipe: Recipe, run_dir: Path, has_checkpoints: bool) -> dict[s
 
 def claim_run_dir(recipe: Recipe, run_dir: Path) -> None:
     """Write the resolved recipe: from here on the directory holds this run."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"cannot create the run directory {run_dir} ({describe(exc)})") from None
     write_atomic(run_dir / "recipe.toml", dumps_toml(recipe_to_dict(recipe)))
 
 

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,13 +54,13 @@ class Session:
     total_steps: int
     resumed_from: Path | None
     changes: str  # remedies applied on this resume, for the record
+    precision: str = "fp32"  # run.precision resolved for the device
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The run's precision: nothing for fp32, else bf16/fp16 autocast."""
-        precision = self.recipe.run.precision
-        if precision == "fp32":
+        if self.precision == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=DTYPES[precision])
+        return torch.autocast(device_type=self.device.type, dtype=DTYPES[self.precision])
 
 
 def resolve_compile(setting: str | bool, device: torch.device, model: Trainable) -> bool:
@@ -68,6 +69,27 @@ def resolve_compile(setting: str | bool, device: torch.device, model: Trainable)
     if setting == "auto":
         return device.type == "cuda" and not model.recurrent
     return bool(setting)
+
+
+TORCH_THREADS = torch.get_num_threads()  # torch's own choice, before any run changed it
+
+
+def set_threads(threads: int) -> None:
+    """run.threads, or torch's own choice capped at the CPUs this process may run on (its affinity: a container
+    or `taskset` may give it fewer than the machine has)."""
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every CPU
+    allowed = len(affinity(0)) if affinity else os.cpu_count() or 1
+    wanted = threads or min(TORCH_THREADS, allowed)
+    if wanted != torch.get_num_threads():
+        torch.set_num_threads(wanted)
+
+
+def resolve_precision(setting: str, device: torch.device) -> str:
+    """run.precision: `auto` is bf16 autocast on a GPU that has bf16 (most since 2020) and fp32 elsewhere, where
+    bf16 matmuls are usually slower than fp32 ones."""
+    if setting != "auto":
+        return setting
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
 
 
 def total_steps(recipe: Recipe, steps_per_epoch: int, items_per_step: int) -> int:
@@ -153,6 +175,7 @@ def open_session(recipe: Recipe, run_dir: Path, env: dist.DistEnv, device: torch
     if not main:
         tokenizer, data, _ = registry.load_data(recipe, known, progress=False)
 
+    set_threads(recipe.run.threads)
     torch.manual_seed(recipe.run.seed)
     check_model_size(recipe, tokenizer.vocab_size, device)
     try:
@@ -171,7 +194,8 @@ def open_session(recipe: Recipe, run_dir: Path, env: dist.DistEnv, device: torch
     forward = TaskLoss(model, task.loss)
     train_forward = dist.wrap(torch.compile(forward) if compiled else forward, env, device)
     optimizer = build_optimizer(model, recipe.optim, recipe.train.lr, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=recipe.run.precision == "fp16")
+    precision = resolve_precision(recipe.run.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     state = TrainState(model, optimizer, scaler, env, device)
 
     resumed_from, skipped = state.resume(ckpt)
@@ -194,4 +218,4 @@ def open_session(recipe: Recipe, run_dir: Path, env: dist.DistEnv, device: torch
                    model=model, task=task, plan=plan, train_forward=train_forward, compiled=compiled,
                    optimizer=optimizer, optimizer_impl=implementation(recipe.optim, device), scaler=scaler,
                    state=state, total_steps=total_steps(recipe, task.steps_per_epoch(), task.items_per_step()),
-                   resumed_from=resumed_from, changes=changes)
+                   resumed_from=resumed_from, changes=changes, precision=precision)

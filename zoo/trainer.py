@@ -46,6 +46,7 @@ class _StepRecord(NamedTuple):
     lr: float
     loss: torch.Tensor
     grad_norm: torch.Tensor
+    seconds: float  # training time so far (host clock: stops are not counted, resumes continue it)
 
 
 def train(recipe: Recipe, run_dir: str | Path, restart: bool = False) -> TrainResult:
@@ -79,6 +80,7 @@ class Trainer:
         self.throughput = Throughput(self.task.flops_per_item(self.model), peak_flops(self.device),
                                      self.env.world_size)
         self.pending: list[_StepRecord] = []  # steps whose loss and gradient norm are still on the device
+        self.t_start = time.perf_counter()
 
     @property
     def counters(self):
@@ -105,7 +107,7 @@ class Trainer:
                 except torch.OutOfMemoryError:
                     raise stops.out_of_memory(self.device, c.step + 1, s.plan.micro) from None
                 except RuntimeError as exc:
-                    raise stops.forward_failed(exc, self.recipe.run.precision, self.device, c.step + 1,
+                    raise stops.forward_failed(exc, s.precision, self.device, c.step + 1,
                                                s.plan.micro) from None
                 st.carried[batch.slot] = detach_state(new_state)
                 s.scaler.scale(loss / s.plan.accumulation).backward()
@@ -123,7 +125,8 @@ class Trainer:
         s.optimizer.zero_grad(set_to_none=True)
         c.step += 1
         c.tokens += self.task.items_per_step()
-        self.pending.append(_StepRecord(c.step, c.tokens, lr, loss_sum / s.plan.accumulation, grad_norm))
+        self.pending.append(_StepRecord(c.step, c.tokens, lr, loss_sum / s.plan.accumulation, grad_norm,
+                                        time.perf_counter() - self.t_start))
 
     def _diverged(self, what: str, value: float, step: int, extra: str = "") -> TrainingError:
         """Stop a diverged run, remembering it in the run directory so the remedies may be applied."""
@@ -150,7 +153,8 @@ class Trainer:
                 raise self._diverged("training loss", loss, r.step, f" (gradient norm {norm:.4g})")
             clipped += clip > 0 and norm > clip
             self.logger.scalars({"loss/train": loss, "optim/lr": r.lr, "optim/grad_norm": norm,
-                                 "optim/clipped_frac": clipped / r.step, f"progress/{self.unit}": r.items}, r.step)
+                                 "optim/clipped_frac": clipped / r.step, f"progress/{self.unit}": r.items,
+                                 "progress/seconds": r.seconds}, r.step)
             out.append((r.step, loss, norm))
         c.clipped_steps = clipped
         return out
@@ -215,7 +219,7 @@ class Trainer:
     def _loop(self, progress: Progress, stop: StopFlag) -> str:
         """Train to the end of the recipe, or to a stop; returns finished, early_stopped or interrupted."""
         c, recipe, log, rate = self.counters, self.recipe, self.logger, self.throughput
-        t_start = time.perf_counter() - c.elapsed
+        t_start = self.t_start = time.perf_counter() - c.elapsed  # training time continues across resumes
         train_loss, grad_norm, first = c.last_train_loss, math.nan, True
         self.model.train()
         while True:
@@ -238,7 +242,7 @@ class Trainer:
             # the host reads the device's numbers only at these steps; a stop is asked of every rank at the
             # same steps (with one process, at once)
             syncing = logging or evaluating or due or (not self.env.distributed and stop.signum is not None)
-            progress.step(f"loss {train_loss:.4f} | {rate.rate / 1000:.1f}k {self.unit}/s")
+            progress.step(f"loss {train_loss:.4f} | {rate.running / 1000:.1f}k {self.unit}/s")
             if not syncing:
                 continue
             _, train_loss, grad_norm = self.flush()[-1]

@@ -174,7 +174,10 @@ def model_card(run, out: Path, kind: str, remote: bool) -> None:
                if k in summary}
     if "test_metrics" in summary:
         metrics.update({f"test_{k}": summary["test_metrics"][k] for k in ("accuracy", "precision", "recall", "f1")})
-    recipe = (run.run_dir / "recipe.toml").read_text(encoding="utf-8")
+    # the run's resolved recipe, without its description: that is the shipped recipe's, which overrides may
+    # have made untrue (a "2 x 256 LSTM" trained with --set model.hidden_size=64)
+    recipe = "".join(line for line in (run.run_dir / "recipe.toml").read_text(encoding="utf-8").splitlines(True)
+                     if not line.startswith("description ="))
     backbone = getattr(run.model, "backbone", run.model)
     classify = run.recipe.task.kind == "classify"
     trust = ", trust_remote_code=True" if remote else ""
