@@ -175,6 +175,25 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_intact_one(zoo, finished,
     assert read_summary(run)["step"] == 16
 
 
+def test_any_garbage_state_file_is_an_unreadable_checkpoint(tmp_path):
+    """Random bytes fail torch's unpickler in many ways (IndexError, KeyError, ... and warnings about a "pickle
+    protocol"): each must be one CheckpointError, so resuming falls back instead of crashing."""
+    import random
+    import warnings
+
+    from zoo.checkpoint import read_state
+    from zoo.errors import CheckpointError
+
+    rng = random.Random(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(400):
+            (tmp_path / "state.pt").write_bytes(rng.randbytes(300))
+            with pytest.raises(CheckpointError, match="state.pt cannot be read"):
+                read_state(tmp_path)
+    assert caught == []
+
+
 def test_no_readable_checkpoint_is_one_error_and_nothing_is_deleted(zoo, finished):
     recipe, run = finished
     for folder in (run / "ckpt").glob("step-*"):
@@ -294,6 +313,8 @@ BAD = [
     (["sample", "{run}", "--checkpoint", "step-7"], "it has step-00000004"),
     (["export-hf", "{run}", "{file}"], "is a file"),
     (["compare", "{run}", "--plot", "{tmp}/missing/x.png"], "does not exist"),
+    (["eval", "{run}", "--split", "dev"], "invalid choice: 'dev'"),
+    (["recipes", "--fieldz"], "unrecognized arguments: --fieldz (`zoo --help` shows the usage)"),
 ]
 
 
