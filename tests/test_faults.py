@@ -131,6 +131,8 @@ CORRUPTIONS = {
     "meta a list": ("meta.json", lambda p: p.write_text("[1, 2]")),
     "meta aliases a missing tensor": ("meta.json", lambda p: p.write_text(json.dumps(
         {**json.loads(p.read_text()), "aliases": {"lm_head.weight": "no.such.tensor"}}))),
+    "meta alias not a name": ("meta.json", lambda p: p.write_text(json.dumps(
+        {**json.loads(p.read_text()), "aliases": {"lm_head.weight": ["wte.weight"]}}))),
     "state truncated": ("state.pt", _truncate),
     "state garbage": ("state.pt", _garbage),
     "state missing": ("state.pt", Path.unlink),

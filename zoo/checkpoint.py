@@ -164,7 +164,8 @@ def read_meta(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}/meta.json cannot be read ({_short(exc)})") from None
     match = STEP_DIR.match(path.name)
-    if not isinstance(meta, dict) or not isinstance(meta.get("aliases", {}), dict):
+    aliases = meta.get("aliases", {}) if isinstance(meta, dict) else None
+    if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
         raise CheckpointError(f"{path}/meta.json is not a zoo checkpoint description (a JSON object)")
     if match and meta.get("step") != int(match.group(1)):
         raise CheckpointError(f"{path}/meta.json names step {meta.get('step')!r}, not {int(match.group(1))}")
