@@ -21,8 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = """
 import json, sys, tempfile, time
 from pathlib import Path
-from zoo.cli import configure_threads
-configure_threads()
+import zoo  # applies zoo's thread settings before torch loads
 import torch
 from zoo import dist
 from zoo.recipe import load_recipe

@@ -12,8 +12,6 @@ import pytest
 
 from zoo import cli
 
-cli.configure_threads()  # before any test module loads torch: the suite shares the machine politely too
-
 REPO = Path(__file__).resolve().parent.parent
 SHAKESPEARE = REPO / "zoo" / "data" / "embedded" / "tinyshakespeare.txt"
 

@@ -290,18 +290,19 @@ def test_a_run_directory_is_trained_by_one_process_at_a_time(zoo, make_recipe, t
 
 
 def test_thread_settings_for_a_shared_machine(zoo, make_recipe, tmp_path, monkeypatch):
-    from zoo import cli, session
+    import zoo as package
+    from zoo import session
 
     for name in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "ZOO_THREADS"):
         monkeypatch.delenv(name, raising=False)
-    cli.configure_threads()
+    package.configure_threads()
     assert os.environ["GOMP_SPINCOUNT"] == "1000"  # idle OpenMP threads sleep soon instead of spinning
     monkeypatch.setenv("GOMP_SPINCOUNT", "5")
-    cli.configure_threads()
+    package.configure_threads()
     assert os.environ["GOMP_SPINCOUNT"] == "5"  # the user's own setting wins
     monkeypatch.delenv("GOMP_SPINCOUNT")
     monkeypatch.setenv("ZOO_THREADS", "off")
-    cli.configure_threads()
+    package.configure_threads()
     assert "GOMP_SPINCOUNT" not in os.environ
 
     assert zoo("train", make_recipe(), "--set", "run.threads=1", "--set", "train.max_steps=2").code == 0

@@ -419,22 +419,9 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ZooError(f"--device {args.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
 
 
-def configure_threads() -> None:
-    """Thread settings for sharing a machine, applied before torch loads (the OpenMP runtime reads them once).
-    An idle OpenMP thread spins for GOMP_SPINCOUNT iterations (300,000 by default) before it sleeps; with two
-    trainings on the same cores those spinning threads take the CPU from the other one's working threads
-    (benchmarks/shared_machine.py: each kept a quarter of its solo speed or less). 1,000 keeps each at about half
-    of its solo speed and costs nothing alone. A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins;
-    ZOO_THREADS=off leaves torch's defaults."""
-    if os.environ.get("ZOO_THREADS", "") == "off" or "OMP_WAIT_POLICY" in os.environ:
-        return
-    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `zoo` console script. User errors print one line and return 2. Under torchrun,
     its error recording is on, so a failing rank's traceback reaches the launcher's summary."""
-    configure_threads()
     if "TORCHELASTIC_RUN_ID" in os.environ:
         from zoo.dist import die_with_parent, record
 

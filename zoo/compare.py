@@ -88,8 +88,9 @@ def _groups(runs: list[RunInfo], keys: list[str]) -> list[tuple[list[RunInfo], s
             continue
         key = json.dumps([r.recipe.get(k) for k in keys])
         group = open_rows.get(key)
-        if group is not None and any(g.seed == r.seed for g in group):
-            rows.append(([r], f"same recipe and seed as {next(g.name for g in group if g.seed == r.seed)}"))
+        twin = next((g for g in group if g.seed == r.seed), None) if group else None
+        if twin is not None:
+            rows.append(([r], f"same recipe and seed as {twin.name}"))
         elif group is not None:
             group.append(r)
         else:
