@@ -19,37 +19,38 @@ def test_sweep_trains_the_grid_and_compare_reports_it(zoo, make_recipe, tmp_path
     dry = zoo("sweep", recipe, "--vary", "model.cell=lstm,gru", "--vary", "train.grad_clip=0,1.0", "--seeds", "2",
               "--dry-run", *FAST)
     assert dry.code == 0 and len(dry.out.splitlines()) == 8 and not (tmp_path / "runs").exists()
-    assert "--name tiny-celllstm-grad_clip0-s0" in dry.out and "--set run.seed=8" in dry.out
+    assert "--name tiny-celllstm-grad_clip0-seed7" in dry.out and "--set run.seed=8" in dry.out
     result = zoo("sweep", recipe, "--vary", "model.cell=lstm,gru", "--seeds", "2", *FAST)
     assert result.code == 0, result
-    names = ["tiny-celllstm-s0", "tiny-celllstm-s1", "tiny-cellgru-s0", "tiny-cellgru-s1"]
+    names = ["tiny-celllstm-seed7", "tiny-celllstm-seed8", "tiny-cellgru-seed7", "tiny-cellgru-seed8"]
     assert all((tmp_path / "runs" / n / "summary.json").is_file() for n in names)
-    table = result.out.splitlines()[-3:]
-    assert table[0].split()[:2] == ["run", "model.cell"] and "test_loss_std" in table[0]
+    table = result.out[result.out.index("experiment "):].splitlines()
+    assert table[0].split()[:3] == ["experiment", "n", "model.cell"] and "std" in table[0].split()
+    assert table[1].startswith("tiny-celllstm ") and table[2].startswith("tiny-cellgru ")
     again = zoo("sweep", recipe, "--vary", "model.cell=lstm,gru", "--seeds", "2", *FAST)
     assert again.code == 0 and again.out.count("already finished") == 4  # a sweep resumes: nothing is redone
 
     rows = json.loads(zoo("compare", *[tmp_path / "runs" / n for n in names], "--format", "json").out)
-    assert [r["seeds"] for r in rows] == [2, 2] and rows[0]["delta_test"] == 0.0
+    assert [r["n"] for r in rows] == [2, 2] and rows[0]["delta_test"] == 0.0
     lstm = [read_summary(tmp_path / "runs" / n)["test_loss"] for n in names[:2]]
     gru = [read_summary(tmp_path / "runs" / n)["test_loss"] for n in names[2:]]
     assert rows[0]["test_loss"] == pytest.approx(sum(lstm) / 2)
     assert rows[1]["delta_test"] == pytest.approx(sum(gru) / 2 - sum(lstm) / 2)
-    import statistics
+    from zoo import stats
 
-    noise = max(statistics.stdev(lstm), statistics.stdev(gru))
-    assert rows[1]["exceeds_noise"] == (abs(rows[1]["delta_test"]) > 2 * noise)
+    verdict = stats.welch(stats.Sample.of(lstm), stats.Sample.of(gru))
+    assert rows[1]["p_value"] == pytest.approx(verdict.p) and rows[1]["significant"] == (verdict.p < 0.05)
     assert rows[0]["test_bits_per_char"] == pytest.approx(rows[0]["test_loss"] / 0.6931471805599453)
 
     plot = zoo("compare", *[tmp_path / "runs" / n for n in names], "--plot", tmp_path / "c.png", "--x", "tokens")
-    assert plot.code == 0 and "(8 curves)" in plot.err  # train + val for each of 4 runs
+    assert plot.code == 0 and "(2 experiments, 4 runs)" in plot.err
     png = (tmp_path / "c.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", png[16:24])
     assert width > 500 and height > 300
 
     csv_out = zoo("compare", tmp_path / "runs" / names[0], tmp_path / "runs" / names[2], "--format", "csv").out
-    assert csv_out.splitlines()[0].startswith("run,model.cell,params,tokens")
+    assert csv_out.splitlines()[0].startswith("experiment,n,model.cell,params,tokens")
     md = zoo("compare", tmp_path / "runs" / names[0], tmp_path / "runs" / names[2], "--format", "markdown").out
     assert md.splitlines()[1].startswith("|---|")
 
@@ -63,8 +64,8 @@ def test_noise_logic_on_synthetic_runs(tmp_path):
             run("c0", 3.005, 0, 2.0), run("c1", 3.025, 1, 2.0)]
     rows = compare.compare(runs)
     assert [r["train.grad_clip"] for r in rows] == [0.0, 1.0, 2.0]
-    assert rows[1]["delta_test"] == pytest.approx(-0.10) and rows[1]["exceeds_noise"] is True
-    assert rows[2]["delta_test"] == pytest.approx(0.005) and rows[2]["exceeds_noise"] is False
+    assert rows[1]["delta_test"] == pytest.approx(-0.10) and rows[1]["significant"] is True
+    assert rows[2]["delta_test"] == pytest.approx(0.005) and rows[2]["significant"] is False
     assert compare.differing(runs) == ["train.grad_clip"]
 
 
@@ -78,9 +79,9 @@ def test_duplicates_unfinished_runs_and_other_tasks_get_their_own_rows(tmp_path)
             run("a2", 2.50, 2, 0.0, status="interrupted", step=6), run("b0", 2.90, 0, 1.0),
             run("spam", 0.2, 0, 1.0, kind="classify")]
     rows = compare.compare(runs)
-    assert [r["run"].split()[0] for r in rows] == ["a0", "a0-again", "a2", "b0", "spam"]
-    assert rows[0]["seeds"] == 2 and rows[0]["test_loss"] == pytest.approx(3.01)  # a0 and a1 only
-    assert rows[1]["seeds"] == 1 and "same recipe and seed as a0" in rows[1]["note"]
+    assert [r["experiment"].split()[0] for r in rows] == ["a0", "a0-again", "a2", "b0", "spam"]
+    assert rows[0]["n"] == 2 and rows[0]["test_loss"] == pytest.approx(3.01)  # a0 and a1 only
+    assert rows[1]["n"] == 1 and "same recipe and seed as a0" in rows[1]["note"]
     assert rows[2]["status"] == "interrupted" and rows[2]["steps"] == 6 and rows[2]["delta_test"] is None
     assert rows[3]["delta_test"] == pytest.approx(-0.11)
     assert rows[4]["delta_test"] is None and "another task (classify)" in rows[4]["note"]

@@ -97,7 +97,7 @@ def test_char_rnn_exports_with_its_own_code(zoo, make_recipe, tmp_path, cell, im
                                   "AutoModelForCausalLM": "modeling_zoo_rnn.ZooRNNForCausalLM"}
     assert (config["cell"], config["impl"], config["input"], config["use_cache"]) == (cell, impl, inputs, False)
     card = (out / "README.md").read_text()
-    assert "trust_remote_code=True" in card and f"{cell.upper()}" in card and "best_val_loss" in card
+    assert "trust_remote_code=True" in card and f"{cell.upper()}" in card and "| best validation loss |" in card
 
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
     assert type(hf).__name__ == "ZooRNNForCausalLM" and hf.can_generate()

@@ -313,3 +313,27 @@ def test_thread_settings_for_a_shared_machine(zoo, make_recipe, tmp_path, monkey
         assert torch.get_num_threads() == min(session.TORCH_THREADS, len(os.sched_getaffinity(0)))
     finally:
         torch.set_num_threads(session.TORCH_THREADS)
+
+
+def test_big_tensors_come_from_the_heap_not_fresh_mappings(tmp_path):
+    """zoo turns glibc's mmap for big blocks off, so a freed 200 MB tensor's memory stays in the process for the
+    next one instead of being unmapped and faulted in again page by page; ZOO_MALLOC=off keeps glibc's
+    defaults. mallinfo2 tells where the live tensor's bytes are: the heap (arena) or mappings (hblkhd)."""
+    code = ("import ctypes, zoo, torch\n"
+            "class Info(ctypes.Structure):\n"
+            "    _fields_ = [(n, ctypes.c_size_t) for n in ('arena ordblks smblks hblks hblkhd usmblks fsmblks '\n"
+            "                                               'uordblks fordblks keepcost').split()]\n"
+            "libc = ctypes.CDLL('libc.so.6')\n"
+            "libc.mallinfo2.restype = Info\n"
+            "x = torch.ones(50_000_000)\n"
+            "info = libc.mallinfo2()\n"
+            "print(info.arena, info.hblkhd)\n")
+    where = {}
+    for setting in ("on", "off"):
+        env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_MAX_", "GLIBC_TUNABLES")}
+        out = subprocess.run([sys.executable, "-c", code], env={**env, "ZOO_MALLOC": setting}, capture_output=True,
+                             text=True, timeout=120, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        where[setting] = [int(v) for v in out.stdout.split()]
+    assert where["on"][0] > 200_000_000 and where["on"][1] < 10_000_000, where  # on the heap, reused when freed
+    assert where["off"][1] > 200_000_000, where  # a fresh mapping, unmapped when freed

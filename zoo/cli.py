@@ -14,24 +14,40 @@ RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from zoo.recipe import load_recipe
     from zoo.runs import check_name
     from zoo.trainer import train
 
-    recipe = load_recipe(_recipe_path(args.recipe), args.set)
-    name = check_name(args.name if args.name is not None else Path(args.recipe).stem)
-    _check_runs_dir(args.runs_dir)
+    recipe, name, runs_dir = _train_target(args)
+    name = check_name(name)
+    _check_runs_dir(runs_dir)
     if args.nproc_per_node > 1 and "RANK" not in os.environ:
         from zoo import dist
 
-        argv = ["train", args.recipe, "--name", name, "--runs-dir", args.runs_dir]
+        argv = ["train", args.recipe, "--name", name, "--runs-dir", runs_dir]
         for item in args.set:
             argv += ["--set", item]
         if args.restart:
             argv.append("--restart")
         return dist.launch(args.nproc_per_node, argv, args.max_restarts)
-    result = train(recipe, Path(args.runs_dir) / name, restart=args.restart)
+    result = train(recipe, Path(runs_dir) / name, restart=args.restart)
     return 128 + result.signal if result.signal else 0
+
+
+def _train_target(args: argparse.Namespace):
+    """(recipe, run name, runs folder) of `zoo train RECIPE` or `zoo train RUN_DIR`: a run directory resumes
+    (or, with a raised limit, extends) that run with its own saved recipe and the --set overrides on top."""
+    from zoo.recipe import load_recipe
+
+    given = Path(args.recipe)
+    if given.is_dir():
+        if not (given / "recipe.toml").is_file():
+            raise ZooError(f"{given} is a folder, not a recipe file, and not a run (no recipe.toml in it); give a "
+                           "recipe (e.g. recipes/char_rnn_shakespeare.toml) or a run directory (runs/NAME)")
+        recipe = load_recipe(given / "recipe.toml", args.set)
+        run = given if given.name not in ("", ".", "..") else given.resolve()
+        return recipe, args.name or run.name, args.runs_dir or str(run.parent)
+    recipe = load_recipe(_recipe_path(args.recipe), args.set)
+    return recipe, args.name if args.name is not None else Path(args.recipe).stem, args.runs_dir or "runs"
 
 
 def _check_runs_dir(runs_dir: str) -> None:
@@ -137,7 +153,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from zoo import registry
     from zoo.bases import resolve_base
-    from zoo.recipe import apply_overrides, read_toml, recipe_from_dict
+    from zoo.recipe import read_toml, recipe_with_overrides
     from zoo.runs import check_name
     from zoo.trainer import train
 
@@ -149,10 +165,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         raise ZooError(f"{recipe_path} is a {kind!r} recipe; fine-tuning from a base needs a task that takes one "
                        "(task.kind = \"classify\")")
     raw, default = spec.finetune(raw, resolve_base(args.base), recipe_path.stem)
-    try:
-        recipe = recipe_from_dict(apply_overrides(raw, args.set))
-    except ZooError as exc:
-        raise ZooError(f"{recipe_path}: {exc}") from None
+    recipe = recipe_with_overrides(raw, args.set, str(recipe_path))
     name = check_name(args.name if args.name is not None else default)
     _check_runs_dir(args.runs_dir)
     result = train(recipe, Path(args.runs_dir) / name, restart=args.restart)
@@ -191,72 +204,71 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_compare(args: argparse.Namespace) -> int:
+def _target(value: str | None) -> float | str | None:
+    """--target-loss: a loss, or `baseline` (the first experiment's mean final val loss)."""
+    if value is None or value == "baseline":
+        return value
+    try:
+        target = float(value)
+    except ValueError:
+        raise ZooError(f"--target-loss {value!r} must be a loss (e.g. 3.28) or baseline") from None
+    if not target > 0:
+        raise ZooError(f"--target-loss {value!r} must be > 0")
+    return target
+
+
+def _report(runs: list, args: argparse.Namespace) -> None:
+    """The comparison table of `runs` (the first is the baseline), notes on stderr, and the plot if asked."""
     from zoo import compare
 
-    if args.plot and not Path(args.plot).resolve().parent.is_dir():
-        raise ZooError(f"--plot {args.plot}: the folder {Path(args.plot).parent} does not exist; create it first")
-    runs = [compare.read_run(r) for r in args.runs]
-    rows = compare.compare(runs)
+    rows = compare.compare(runs, _target(args.target_loss))
     print(compare.render(rows, args.format))
     for line in compare.notes(rows):
         print(f"zoo: note: {line}", file=sys.stderr)
     if args.plot:
-        curves = compare.plot(runs, args.plot, args.x)
-        print(f"wrote {args.plot} ({curves} curves)", file=sys.stderr)
+        experiments, count = compare.plot(runs, args.plot, args.x, args.smooth)
+        print(f"wrote {args.plot} ({experiments} experiments, {count} runs)", file=sys.stderr)
+
+
+def _check_plot_args(args: argparse.Namespace) -> None:
+    if args.plot and not Path(args.plot).resolve().parent.is_dir():
+        raise ZooError(f"--plot {args.plot}: the folder {Path(args.plot).parent} does not exist; create it first")
+    if not 0 <= args.smooth < 1:
+        raise ZooError(f"--smooth {args.smooth} must be in [0, 1) (0 = off; TensorBoard's 0.6-0.99)")
+    _target(args.target_loss)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from zoo import compare
+
+    _check_plot_args(args)
+    _report([compare.read_run(r) for r in args.runs], args)
     return 0
 
 
-def _sweep_grid(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
-    """(run name, overrides) for every combination of the --vary values and seeds."""
-    import itertools
-    import re
-
-    from zoo.recipe import load_recipe
-
-    if args.seeds < 1:
-        raise ZooError("--seeds must be >= 1")
-    axes = []
-    for item in args.vary:
-        key, _, values = item.partition("=")
-        if not key or not values:
-            raise ZooError(f"--vary {item!r} must look like section.key=v1,v2 (e.g. train.grad_clip=0,1.0)")
-        axes.append([(key.strip(), v.strip()) for v in values.split(",")])
-    base = load_recipe(_recipe_path(args.recipe), args.set)
-    grid = []
-    for combo in itertools.product(*axes):
-        for s in range(args.seeds):
-            overrides = [f"{k}={v}" for k, v in combo]
-            parts = [f"{k.split('.')[-1]}{v}" for k, v in combo]
-            if args.seeds > 1:
-                overrides.append(f"run.seed={base.run.seed + s}")
-                parts.append(f"s{s}")
-            name = re.sub(r"[^A-Za-z0-9._+=-]", "_", "-".join([args.prefix or Path(args.recipe).stem, *parts]))
-            load_recipe(_recipe_path(args.recipe), [*args.set, *overrides])  # every point is a valid recipe
-            grid.append((name, overrides))
-    return grid
-
-
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    import shlex
-
-    from zoo import compare
-    from zoo.recipe import load_recipe
+    from zoo import compare, sweep
     from zoo.trainer import train
 
-    grid = _sweep_grid(args)
-    for name, overrides in grid:
-        sets = [f"--set {shlex.quote(o)}" for o in [*args.set, *overrides]]
-        cmd = f"zoo train {shlex.quote(args.recipe)} --name {name} --runs-dir {shlex.quote(args.runs_dir)}"
-        print(" ".join([cmd, *sets]), flush=True)
+    _check_plot_args(args)
+    runs_dir = Path(args.runs_dir)
+    points = sweep.plan(_recipe_path(args.recipe), args.set, runs_dir, vary=args.vary, ablate=args.ablate,
+                        stack=args.stack, seeds=args.seeds, baseline_seeds=args.baseline_seeds,
+                        seed_fields=args.seed_fields, prefix=args.prefix)
+    width = max(len(p.name) for p in points)
+    for i, point in enumerate(points, 1):
+        cmd = point.command(args.recipe, args.runs_dir, args.set)
+        print(f"[{i}/{len(points)}] {point.name.ljust(width)}  {point.state:<10}  {cmd}" if args.dry_run else
+              f"[{i}/{len(points)}] {cmd}", flush=True)
         if args.dry_run:
             continue
-        result = train(load_recipe(_recipe_path(args.recipe), [*args.set, *overrides]), Path(args.runs_dir) / name)
+        result = train(point.recipe, runs_dir / point.name)
         if result.signal:
+            print(f"sweep stopped at {point.name}; run the same command to continue where it stopped",
+                  file=sys.stderr)
             return 128 + result.signal
     if not args.dry_run:
-        runs = [compare.read_run(Path(args.runs_dir) / name) for name, _ in grid]
-        print(compare.render(compare.compare(runs), args.format))
+        _report([compare.read_run(runs_dir / p.name) for p in points], args)
     return 0
 
 
@@ -294,12 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="zoo", description="A language-model zoo: train, sample, evaluate.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train (or resume) a run from a TOML recipe")
-    p.add_argument("recipe", help="a recipe file, e.g. recipes/char_rnn_shakespeare.toml")
+    p = sub.add_parser("train", help="train (or resume) a run from a TOML recipe, or resume a run directory")
+    p.add_argument("recipe", help="a recipe file, e.g. recipes/char_rnn_shakespeare.toml, or a run directory "
+                                  "(runs/NAME) to resume or extend with its own recipe")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a recipe field; the value is parsed as TOML (repeatable)")
-    p.add_argument("--name", help="run name (default: the recipe's file name)")
-    p.add_argument("--runs-dir", default="runs", help="where runs live (default: ./runs)")
+    p.add_argument("--name", help="run name (default: the recipe's file name, or the run directory's name)")
+    p.add_argument("--runs-dir", help="where runs live (default: ./runs, or the run directory's folder)")
     p.add_argument("--nproc-per-node", type=int, default=1,
                    help="start this many processes on this machine through torchrun's launcher (DDP)")
     p.add_argument("--max-restarts", type=int, default=0,
@@ -362,23 +375,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_classify)
 
+    def add_report_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--format", default="table", choices=["table", "markdown", "csv", "json"])
+        p.add_argument("--plot", help="write the loss curves (mean over seeds, min-max band) to this PNG")
+        p.add_argument("--x", default="step", choices=["step", "tokens", "time"], help="x axis of the plot")
+        p.add_argument("--smooth", type=float, default=0.0,
+                       help="EMA smoothing of the plotted training loss, as TensorBoard's slider (0 = off)")
+        p.add_argument("--target-loss", metavar="LOSS|baseline",
+                       help="add the steps, tokens and seconds at which each run's val loss first reached LOSS "
+                            "(baseline: the first experiment's mean final val loss)")
+
     p = sub.add_parser("compare", help="compare runs: differing fields, cost, losses, deltas, noise; plot")
     p.add_argument("runs", nargs="+", help="run directories; the first is the baseline")
-    p.add_argument("--format", default="table", choices=["table", "markdown", "csv", "json"])
-    p.add_argument("--plot", help="write the loss curves to this PNG")
-    p.add_argument("--x", default="step", choices=["step", "tokens", "time"], help="x axis of the plot")
+    add_report_args(p)
     p.set_defaults(func=_cmd_compare)
 
-    p = sub.add_parser("sweep", help="train a grid of recipe variations one after another, then compare")
+    p = sub.add_parser("sweep", help="train a grid, or an ablation (one intervention at a time), then compare")
     p.add_argument("recipe")
     p.add_argument("--vary", action="append", default=[], metavar="SECTION.KEY=V1,V2",
                    help="a field and its values (repeatable: the grid is their product)")
-    p.add_argument("--seeds", type=int, default=1, help="runs per grid point, seeds run.seed, run.seed+1, ...")
+    p.add_argument("--ablate", action="append", default=[], metavar="NAME:SECTION.KEY=V[,SECTION.KEY=V...]",
+                   help="an intervention: the baseline runs too, and each intervention alone on top of it")
+    p.add_argument("--stack", action="store_true", help="with --ablate: also all interventions together")
+    p.add_argument("--seeds", type=int, default=1, help="runs per point: seeds S, S+1, ... (S = the recipe's)")
+    p.add_argument("--baseline-seeds", type=int,
+                   help="runs of the baseline and the stack (default: --seeds)")
+    p.add_argument("--seed-fields", default="run", choices=["run", "data", "both"],
+                   help="what a seed moves: run.seed (initialisation, dropout; also the data order while "
+                        "data.seed is -1), data.seed (the data order alone), or both")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="fixed overrides")
     p.add_argument("--prefix", help="run-name prefix (default: the recipe's file name)")
     p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--format", default="table", choices=["table", "markdown", "csv", "json"])
-    p.add_argument("--dry-run", action="store_true", help="print the commands, train nothing")
+    p.add_argument("--dry-run", action="store_true", help="list the runs (new, to resume, finished), train nothing")
+    add_report_args(p)
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("export-hf", help="export a run as a Hugging Face transformers folder (and push it)")

@@ -1,6 +1,7 @@
 """Comparing runs: read each run's resolved recipe, summary.json and TensorBoard scalars, and report what
-differs, what it cost and what it bought (test-loss deltas against the first run, with seeds folded into
-mean +- std and a noise verdict), as a table (text, markdown, csv, json) and a loss-curve plot."""
+differs, what it cost and what it bought: runs that differ only in their seeds are one experiment (n, mean,
+sample std, 95% interval), each experiment's test loss against the first's (delta, Welch's t-test), and how
+soon each reached a target loss; as a table (text, markdown, csv, json) and a plot of mean curves with bands."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import csv
 import io
 import json
 import math
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from zoo.errors import ZooError
-from zoo.recipe import NOT_AN_EXPERIMENT, flatten, matches, read_toml
+from zoo.recipe import NOT_AN_EXPERIMENT, completed, flatten, matches, read_toml
+from zoo.stats import ALPHA, Sample, welch
 
 
 @dataclass
@@ -29,8 +32,23 @@ class RunInfo:
         return self.path.name
 
     @property
-    def seed(self) -> int:
-        return self.recipe.get("run.seed", 0)
+    def seed(self) -> tuple:
+        """What makes two runs of one recipe different samples: the initialisation and the data-order seeds."""
+        return self.recipe.get("run.seed", 0), self.recipe.get("data.seed", -1)
+
+    def tokens_per_step(self) -> float:
+        return (self.summary.get("tokens") or 0) / max(1, self.summary.get("step") or 1)
+
+    def seconds_at(self) -> dict[int, float]:
+        """Training time (progress/seconds) at each logged step."""
+        return {s: v for s, v, _ in self.curves.get("progress/seconds", [])}
+
+    def reached(self, target: float, tag: str = "loss/val") -> tuple[int, float, float | None] | None:
+        """(step, tokens, training seconds) of the first evaluation whose loss is at or below `target`."""
+        for step, value, _ in self.curves.get(tag, []):
+            if value <= target:
+                return step, step * self.tokens_per_step(), self.seconds_at().get(step)
+        return None
 
     def bits_per_char(self) -> float | None:
         loss, cpt = self.summary.get("test_loss"), self.summary.get("test_chars_per_token")
@@ -45,7 +63,7 @@ def read_run(path: str | Path) -> RunInfo:
     summary_path = path / "summary.json"
     if not summary_path.is_file():
         raise ZooError(f"{path} has no summary.json yet; let its training finish (or resume it) first")
-    info = RunInfo(path, flatten(read_toml(path / "recipe.toml")), json.loads(summary_path.read_text()))
+    info = RunInfo(path, flatten(completed(read_toml(path / "recipe.toml"))), json.loads(summary_path.read_text()))
     if (path / "tb").is_dir():
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -88,7 +106,7 @@ def _groups(runs: list[RunInfo], keys: list[str]) -> list[tuple[list[RunInfo], s
             continue
         key = json.dumps([r.recipe.get(k) for k in keys])
         group = open_rows.get(key)
-        twin = next((g for g in group if g.seed == r.seed), None) if group else None
+        twin = next((g for g in group if g.seed == r.seed), None) if group else None  # same seeds: no new sample
         if twin is not None:
             rows.append(([r], f"same recipe and seed as {twin.name}"))
         elif group is not None:
@@ -99,31 +117,49 @@ def _groups(runs: list[RunInfo], keys: list[str]) -> list[tuple[list[RunInfo], s
     return rows
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+SEED_SUFFIX = re.compile(r"-(seed|s)\d+(-\d+)?$")
 
 
-def compare(runs: list[RunInfo]) -> list[dict[str, Any]]:
-    """One row per experiment (runs that differ only by seed are one row, mean +- std), with deltas against
-    the first row and whether a delta exceeds the noise (2 x the seeds' std). The test loss is the best
-    checkpoint's (summary.json's test_loss); final_test_loss, the last weights', is shown where it differs."""
+def _label(group: list[RunInfo]) -> str:
+    """An experiment's name: its runs' common name without the seed suffix a sweep gives (-seed1337)."""
+    names = {SEED_SUFFIX.sub("", r.name) for r in group}
+    if len(names) == 1 and (len(group) > 1 or SEED_SUFFIX.search(group[0].name)):
+        return names.pop()
+    return group[0].name if len(group) == 1 else f"{group[0].name} (+{len(group) - 1} seeds)"
+
+
+def _values(group: list[RunInfo], key: str) -> list[float]:
+    return [r.summary[key] for r in group if isinstance(r.summary.get(key), int | float)]
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def compare(runs: list[RunInfo], target: float | str | None = None) -> list[dict[str, Any]]:
+    """One row per experiment (runs that differ only in run.seed/data.seed are one row: n, mean, sample std and
+    95% interval of the test loss), with the delta of each row's mean test loss against the first row's and
+    Welch's t-test of it. The test loss is the best checkpoint's (summary.json's test_loss); final_test_loss
+    is the last weights'. With `target` (a loss, or "baseline" for the first row's mean final val loss), the
+    step, tokens and training seconds at which each run's val loss first reached it, averaged over its seeds."""
     if not runs:
         raise ZooError("name at least one run directory to compare")
     keys = differing(runs)
-    rows = []
-    base_mean = None
-    noise = None
+    groups = _groups(runs, keys)
     base_task = runs[0].recipe.get("task.kind", "lm")
-    for i, (group, note) in enumerate(_groups(runs, keys)):
+    if target == "baseline":
+        finals = _values(groups[0][0], "final_val_loss")
+        if not finals:
+            raise ZooError(f"--target-loss baseline: {groups[0][0][0].name} has no final val loss")
+        target = statistics.fmean(finals)
+    rows: list[dict[str, Any]] = []
+    base: Sample | None = None
+    base_target_tokens = None
+    for i, (group, note) in enumerate(groups):
         first = group[0]
-        tests = [r.summary["test_loss"] for r in group if r.summary.get("test_loss") is not None]
-        vals = [r.summary["best_val_loss"] for r in group if r.summary.get("best_val_loss") is not None]
-        finals = [r.summary["final_val_loss"] for r in group if r.summary.get("final_val_loss") is not None]
-        final_tests = [r.summary["final_test_loss"] for r in group if r.summary.get("final_test_loss") is not None]
-        bpc = [b for r in group if (b := r.bits_per_char()) is not None]
+        test = Sample.of(_values(group, "test_loss"))
         row: dict[str, Any] = {
-            "run": first.name if len(group) == 1 else f"{first.name} (+{len(group) - 1} seeds)",
-            "runs": [r.name for r in group], "seeds": len(group),
+            "experiment": _label(group), "runs": [r.name for r in group], "n": len(group),
             **{k: first.recipe.get(k) for k in _shown(keys, runs)},
             "params": first.summary.get("params"),
             "tokens": first.summary.get("tokens", first.summary.get("examples")),
@@ -132,117 +168,232 @@ def compare(runs: list[RunInfo]) -> list[dict[str, Any]]:
             "wall_time_s": statistics.fmean(r.summary.get("wall_time_s", 0.0) for r in group),
             "tokens_per_s": statistics.fmean(r.summary.get("tokens_per_s", r.summary.get("examples_per_s", 0.0))
                                              for r in group),
-            "best_val_loss": _stats(vals)[0] if vals else None,
-            "final_val_loss": _stats(finals)[0] if finals else None,
-            "test_loss": _stats(tests)[0] if tests else None,
-            "test_loss_std": _stats(tests)[1] if tests else None,
-            "final_test_loss": _stats(final_tests)[0] if final_tests else None,
-            "test_bits_per_char": _stats(bpc)[0] if bpc else None,
+            "best_val_loss": _mean(_values(group, "best_val_loss")),
+            "final_val_loss": _mean(_values(group, "final_val_loss")),
+            "test_loss": test.mean if test else None,
+            "test_loss_std": test.std if test else None,
+            "test_loss_ci95": test.ci95 if test else None,
+            "final_test_loss": _mean(_values(group, "final_test_loss")),
+            "test_bits_per_char": _mean([b for r in group if (b := r.bits_per_char()) is not None]),
+            "delta_test": None, "delta_ci95": None, "p_value": None, "significant": None,
             "note": note,
         }
         if first.recipe.get("task.kind", "lm") != base_task:
             row["note"] = f"another task ({first.recipe.get('task.kind')}) than the first run's: no delta"
-            row["delta_test"], row["exceeds_noise"] = None, None
         elif i == 0:
-            base_mean = row["test_loss"]
-            noise = row["test_loss_std"] if len(tests) > 1 else None
-            row["delta_test"], row["exceeds_noise"] = 0.0, None
-        else:
-            delta = row["test_loss"] - base_mean if row["test_loss"] is not None and base_mean is not None else None
-            if note:  # an unfinished run or a duplicate is not an experiment to judge by its delta
-                delta = None
-            row["delta_test"] = delta
-            stds = [s for s in (noise, row["test_loss_std"] if len(tests) > 1 else None) if s is not None]
-            row["exceeds_noise"] = None if delta is None or not stds else abs(delta) > 2 * max(stds)
+            base = test
+            row["delta_test"] = 0.0 if test else None
+        elif not note and test and base:  # an unfinished run or a duplicate is not an experiment to judge
+            row["delta_test"] = test.mean - base.mean
+            if (w := welch(base, test)) is not None:
+                row.update(delta_ci95=w.ci95, p_value=w.p, significant=w.significant)
+        if target is not None:
+            hits = [h for r in group if (h := r.reached(float(target))) is not None]
+            seconds = [h[2] for h in hits if h[2] is not None]
+            row.update(target_loss=float(target), target_reached=f"{len(hits)}/{len(group)}",
+                       target_step=_mean([h[0] for h in hits]), target_tokens=_mean([h[1] for h in hits]),
+                       target_seconds=_mean(seconds) if len(seconds) == len(hits) else None)
+            if i == 0:
+                base_target_tokens = row["target_tokens"]
+            row["target_tokens_ratio"] = (row["target_tokens"] / base_target_tokens
+                                          if row["target_tokens"] is not None and base_target_tokens else None)
         rows.append(row)
     return rows
 
 
 def notes(rows: list[dict[str, Any]]) -> list[str]:
     """Warnings about rows that are not comparable with the first (another task, unfinished, duplicates)."""
-    return [f"{r['run']}: {r['note']}" for r in rows if r.get("note")]
+    return [f"{r['experiment']}: {r['note']}" for r in rows if r.get("note")]
 
 
-WHOLE = ("params", "tokens", "steps", "wall_time_s", "tokens_per_s")  # shown as whole numbers
+def rules(rows: list[dict[str, Any]]) -> list[str]:
+    """What the table's columns mean and the rule its verdicts follow, to print under it."""
+    out = ["test loss: the best checkpoint's (lowest val loss), nats per token; runs differing only in run.seed or "
+           "data.seed form one row of n runs: mean, sample std (– for n = 1) and the 95% confidence interval of "
+           "the mean (Student's t)."]
+    if len(rows) > 1:
+        out.append(f"delta: mean test loss minus the first row's (the baseline); significant: Welch's two-sided "
+                   f"t-test p < {ALPHA} (needs n >= 2 in both rows, – otherwise); delta 95% CI ±: Welch's interval "
+                   "of the difference.")
+    if any(r.get("final_test_loss") not in (None, r.get("test_loss")) for r in rows):
+        out.append("test loss (last): the last weights' test loss, where the best checkpoint was an earlier one.")
+    if rows and "target_loss" in rows[0]:
+        out.append(f"target: val loss <= {rows[0]['target_loss']:.4f}; the first evaluation reaching it (so to within "
+                   "eval.interval steps), mean over the seeds that reached it (reached: how many did); tokens vs "
+                   "baseline: tokens to target over the first row's.")
+    return out
+
+
+WHOLE = ("params", "tokens", "steps", "wall_time_s", "tokens_per_s", "target_step", "target_tokens",
+         "target_seconds")  # shown as whole numbers
+HEADERS = {"test_loss": "test loss (best ckpt)", "test_loss_std": "std", "test_loss_ci95": "95% CI ±",
+           "final_test_loss": "test loss (last)", "delta_test": "delta", "delta_ci95": "delta 95% CI ±",
+           "p_value": "p (Welch)", "best_val_loss": "best val", "final_val_loss": "final val",
+           "wall_time_s": "time (s)", "tokens_per_s": "tokens/s", "test_bits_per_char": "test bits/char",
+           "target_step": "steps to target", "target_tokens": "tokens to target",
+           "target_seconds": "seconds to target", "target_tokens_ratio": "tokens vs baseline",
+           "target_reached": "reached"}
+LOSSES = ("best_val_loss", "final_val_loss", "test_loss", "test_loss_std", "test_loss_ci95", "final_test_loss",
+          "test_bits_per_char", "delta_test", "delta_ci95")
+NONE = "–"
 
 
 def _fmt(value: Any, column: str = "") -> str:
+    """A cell: losses to 4 decimals, counts whole, p to 2 significant digits, recipe values as written."""
     if value is None:
-        return "-"
+        return NONE
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:,.0f}" if column in WHOLE else f"{value:,.4f}"
+        if column in WHOLE:
+            return f"{value:,.0f}"
+        if column in LOSSES:
+            return f"{value:+.4f}" if column == "delta_test" and value else f"{value:.4f}"
+        if column == "p_value":
+            return f"{value:.2g}"
+        if column == "target_tokens_ratio":
+            return f"{value:.2f}x"
+        return repr(value)  # a recipe value: 1e-05 stays 1e-05
     if isinstance(value, int):
-        return f"{value:,}"
+        return f"{value:,}" if column in WHOLE else str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
     return str(value)
 
 
+def columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The columns worth showing: empty and redundant ones left out."""
+    cols = [c for c in rows[0] if c not in ("runs", "note", "target_loss")]
+
+    def empty(c: str) -> bool:
+        return all(r.get(c) is None for r in rows)
+
+    drop = {c for c in ("test_loss_std", "test_loss_ci95", "delta_ci95", "p_value", "significant",
+                        "test_bits_per_char", "target_seconds", "target_tokens_ratio") if empty(c)}
+    if all(r.get("final_test_loss") in (None, r.get("test_loss")) for r in rows):
+        drop.add("final_test_loss")  # the best checkpoint was the last one everywhere
+    if len(rows) == 1:
+        drop.add("delta_test")
+    return [c for c in cols if c not in drop]
+
+
 def render(rows: list[dict[str, Any]], fmt: str = "table") -> str:
-    """The comparison as an aligned text table, markdown, csv or json."""
+    """The comparison as an aligned text table, markdown (with the rules under it), csv or json."""
     if fmt == "json":
         return json.dumps(rows, indent=1)
-    columns = [c for c in rows[0] if c not in ("runs", "seeds", "note")]
-    if all(r["test_loss_std"] in (None, 0.0) for r in rows):
-        columns.remove("test_loss_std")
-    if all(r.get("exceeds_noise") is None for r in rows):
-        columns.remove("exceeds_noise")
-    if all(r.get("test_bits_per_char") is None for r in rows):
-        columns.remove("test_bits_per_char")
-    if all(r.get("final_test_loss") in (None, r.get("test_loss")) for r in rows):
-        columns.remove("final_test_loss")  # the best checkpoint was the last one everywhere
+    cols = columns(rows)
     if fmt == "csv":
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+        writer = csv.DictWriter(out, fieldnames=cols, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
         return out.getvalue()
-    cells = [[_fmt(r.get(c), c) for c in columns] for r in rows]
+    heads = [HEADERS.get(c, c) for c in cols]
+    cells = [[_fmt(r.get(c), c) for c in cols] for r in rows]
     if fmt == "markdown":
-        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+        right = [c not in ("experiment", "status") and not c.startswith(("model.", "optim.", "schedule.", "run.",
+                                                                         "data.", "train.", "task."))
+                 for c in cols]
+        lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---:" if r else "---" for r in right) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in cells]
+        return "\n".join(lines + [""] + rules(rows))
+    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(heads)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(lines)
+    return "\n".join(lines + [""] + rules(rows))
 
 
-def plot(runs: list[RunInfo], path: str | Path, x: str = "step") -> int:
-    """Validation (solid) and training (faint) loss curves of every run against step, tokens or wall time;
-    returns the number of curves drawn."""
+# ------------------------------------------------------------------------------------------- plots
+def _ema(values: list[float], smooth: float) -> list[float]:
+    """TensorBoard's smoothing: an exponential moving average with its start-up bias removed."""
+    if not smooth:
+        return values
+    out, last, weight = [], 0.0, 0.0
+    for v in values:
+        last = smooth * last + (1 - smooth) * v
+        weight = smooth * weight + (1 - smooth)
+        out.append(last / weight)
+    return out
+
+
+def _band(group: list[RunInfo], tag: str, x: str, smooth: float):
+    """(xs, mean, low, high) of a tag over a group's runs, at the steps every run logged."""
+    series = [dict(zip([s for s, _, _ in pts], _ema([v for _, v, _ in pts], smooth), strict=True))
+              for r in group if (pts := r.curves.get(tag))]
+    if not series:
+        return None
+    steps = sorted(set.intersection(*(set(s) for s in series)))
+    if not steps:
+        return None
+    values = [[s[step] for s in series] for step in steps]
+    if x == "tokens":
+        xs = [step * statistics.fmean(r.tokens_per_step() for r in group) for step in steps]
+    elif x == "time":
+        clocks = [r.seconds_at() for r in group]
+        if any(not all(step in c for step in steps) for c in clocks):
+            return None  # a run from before progress/seconds was logged
+        xs = [statistics.fmean(c[step] for c in clocks) for step in steps]
+    else:
+        xs = steps
+    return xs, [statistics.fmean(v) for v in values], [min(v) for v in values], [max(v) for v in values]
+
+
+def _colours(n: int) -> list:
+    import matplotlib
+
+    if n <= 10:
+        return [matplotlib.colormaps["tab10"](i) for i in range(n)]
+    if n <= 20:
+        return [matplotlib.colormaps["tab20"](i) for i in range(n)]
+    return [matplotlib.colormaps["turbo"](i / max(1, n - 1)) for i in range(n)]
+
+
+def plot(runs: list[RunInfo], path: str | Path, x: str = "step", smooth: float = 0.0) -> tuple[int, int]:
+    """Training and validation loss of each experiment (runs differing only in their seeds) against step,
+    tokens or training time: one colour per experiment, its mean over seeds as a line and the min-max range as
+    a band, the legend outside the axes; `smooth` is TensorBoard's EMA factor for the training curves. Returns
+    (experiments, runs) drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    curves = 0
-    for i, run in enumerate(runs):
-        color = f"C{i % 10}"
-        per_step_tokens = (run.summary.get("tokens") or 0) / max(1, run.summary.get("step") or 1)
-        for tag, style, alpha in (("loss/train", "-", 0.25), ("loss/val", "-", 1.0)):
-            points = run.curves.get(tag)
-            if not points:
+    groups = [g for g, _ in _groups(runs, differing(runs))]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), sharex=True)
+    colours = _colours(len(groups))
+    drawn = 0
+    for group, colour in zip(groups, colours, strict=True):
+        label = f"{_label(group)} (n={len(group)})"
+        for ax, tag, s in ((axes[0], "loss/train", smooth), (axes[1], "loss/val", 0.0)):
+            band = _band(group, tag, x, s)
+            if band is None:
                 continue
-            start = run.curves.get("loss/train", points)[0][2]
-            seconds = {s: v for s, v, _ in run.curves.get("progress/seconds", [])}
-            if x == "tokens":
-                xs = [s * per_step_tokens for s, _, _ in points]
-            elif x == "time" and all(s in seconds for s, _, _ in points):
-                xs = [seconds[s] for s, _, _ in points]  # training time: a stopped and resumed run has no gap
-            elif x == "time":
-                xs = [w - start for _, _, w in points]  # runs from before progress/seconds: wall time
-            else:
-                xs = [s for s, _, _ in points]
-            ax.plot(xs, [v for _, v, _ in points], style, color=color, alpha=alpha,
-                    label=f"{run.name} ({tag.split('/')[1]})", marker="o" if tag == "loss/val" else None,
-                    markersize=3)
-            curves += 1
-    ax.set_xlabel({"step": "optimizer step", "tokens": "tokens seen", "time": "training time (s)"}[x])
-    ax.set_ylabel("loss (nats per token)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+            xs, mean, low, high = band
+            ax.plot(xs, mean, color=colour, lw=1.4, label=label if tag == "loss/val" else None,
+                    marker="o" if tag == "loss/val" and len(xs) < 40 else None, markersize=2.5)
+            if len(group) > 1:
+                ax.fill_between(xs, low, high, color=colour, alpha=0.18, lw=0)
+        drawn += 1
+    xlabel = {"step": "optimizer step", "tokens": "tokens seen", "time": "training time (s)"}[x]
+    for ax, title in zip(axes, ("training loss" + (f" (EMA {smooth})" if smooth else ""), "validation loss"),
+                         strict=True):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("loss (nats per token; mean over seeds, band: min–max)")
+    _zoom(axes[1])
+    fig.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    return curves
+    return drawn, sum(len(g) for g in groups)
+
+
+def _zoom(ax) -> None:
+    """Show the validation curves' last two thirds in y, where experiments differ (the first evaluations of
+    an untrained model would flatten them)."""
+    ys = [y for line in ax.get_lines() for y in line.get_ydata()[len(line.get_ydata()) // 3:]]
+    if ys:
+        lo, hi = min(ys), max(ys)
+        pad = (hi - lo) * 0.08 or 0.01
+        ax.set_ylim(lo - pad, hi + pad)

@@ -82,18 +82,35 @@ def load_state_with_padding(optimizer: torch.optim.Optimizer, state: dict) -> No
                 optimizer.state[p][k] = torch.cat([v, v.new_zeros(p.shape[0] - v.shape[0], *v.shape[1:])])
 
 
+def warmup_steps(config: ScheduleConfig, total_steps: int) -> int:
+    """The schedule's warmup in steps: warmup_steps, or warmup_frac of all steps (rounded)."""
+    return config.warmup_steps or int(round(config.warmup_frac * total_steps))
+
+
 def lr_at(step: int, base_lr: float, config: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> float:
-    """The learning rate for optimizer step `step` (0-based): a pure function, so resuming needs no state."""
-    warmup = config.warmup_steps or int(round(config.warmup_frac * total_steps))
+    """The learning rate for optimizer step `step` (0-based) of `total_steps`: a pure function, so resuming
+    needs no state. Every kind but `step` starts with the linear warmup; cosine, linear and wsd end at min_lr
+    (reached at step `total_steps`, one past the last)."""
+    warmup = warmup_steps(config, total_steps)
     if config.kind != "step" and step < warmup:
+        if config.warmup_start > 0:  # torch.optim.lr_scheduler.LinearLR(start_factor=warmup_start)
+            return base_lr * (config.warmup_start + (1 - config.warmup_start) * step / warmup)
         return base_lr * (step + 1) / warmup
     if config.kind == "constant":
         return base_lr
     if config.kind == "step":
         decays = max(0, step // max(1, steps_per_epoch) - config.decay_after_epoch + 1)
         return base_lr * config.decay_rate**decays
+    floor = config.min_lr
+    if config.kind == "wsd":
+        start = max(warmup, total_steps - int(round(config.decay_frac * total_steps)))
+        if step < start:
+            return base_lr
+        return floor + (base_lr - floor) * max(0.0, 1.0 - (step - start) / max(1, total_steps - start))
     progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-    return config.min_lr + 0.5 * (base_lr - config.min_lr) * (1.0 + math.cos(math.pi * progress))
+    if config.kind == "linear":
+        return floor + (base_lr - floor) * (1.0 - progress)
+    return floor + 0.5 * (base_lr - floor) * (1.0 + math.cos(math.pi * progress))
 
 
 def hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict]:

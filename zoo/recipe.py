@@ -31,7 +31,7 @@ def valid_device(name: str) -> bool:
 @dataclass(frozen=True)
 class RunConfig(Section):
     description: str = doc("one line shown by `zoo recipes`", "")
-    seed: int = doc("seed for initialisation, data order, dropout", 1337)
+    seed: int = doc("seed for initialisation and dropout (and the data order while data.seed is -1)", 1337)
     device: str = doc("auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps", "auto")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = doc(
         "auto: bf16 autocast on GPUs that support it, fp32 elsewhere; fp32; or bf16/fp16 autocast (fp16 uses a "
@@ -68,6 +68,14 @@ class DataConfig(Section):
     test_offset: int = doc("the fixed test slice starts this many tokens into the validation split", 0)
     test_tokens: int = doc("length of the fixed test slice (0 = the second half of the validation split)", 0)
     cache_dir: str = doc("where prepared token files go (empty = $ZOO_CACHE or ~/.cache/zoo)", "")
+    seed: int = doc(
+        "seed of the data order, apart from run.seed: which random windows each step reads (windows), a shuffled "
+        "window order per epoch (sequential; unshuffled while -1), the example order (classification); -1 = "
+        "run.seed's order, as before data.seed existed. Streams (recurrent models) read the text in order", -1)
+
+    def order_seed(self, run_seed: int) -> int:
+        """The seed of the data order: data.seed, or run.seed while data.seed is -1."""
+        return self.seed if self.seed >= 0 else run_seed
 
     def validate(self) -> None:
         check(self.splits[0] > 0 and self.splits[1] > 0 and self.splits[2] >= 0, "data.splits",
@@ -78,6 +86,7 @@ class DataConfig(Section):
         check(0 < self.val_fraction < 0.5, "data.val_fraction", f"is {self.val_fraction}; use (0, 0.5)")
         for key in ("max_tokens", "test_offset", "test_tokens"):
             check(getattr(self, key) >= 0, f"data.{key}", f"is {getattr(self, key)}; it must be >= 0")
+        check(-1 <= self.seed < 2**32, "data.seed", f"is {self.seed}; use -1 (run.seed's order) or 0 to 4294967295")
 
 
 @dataclass(frozen=True)
@@ -130,19 +139,28 @@ class OptimConfig(Section):
 
 @dataclass(frozen=True)
 class ScheduleConfig(Section):
-    kind: Literal["constant", "step", "cosine"] = doc(
-        "constant; step (char-rnn: x decay_rate per epoch after decay_after_epoch); cosine (warmup, then "
-        "cosine to min_lr)", "constant")
-    warmup_steps: int = doc("linear warmup steps (cosine; also applies to constant)", 0)
-    warmup_frac: float = doc("warmup as a fraction of all steps, if warmup_steps is 0", 0.0)
-    min_lr: float = doc("cosine floor (absolute learning rate)", 0.0)
+    kind: Literal["constant", "step", "cosine", "linear", "wsd"] = doc(
+        "constant; step (char-rnn: x decay_rate per epoch after decay_after_epoch); cosine (warmup, then cosine "
+        "to min_lr); linear (warmup, then a straight line to min_lr); wsd (warmup-stable-decay: warmup, the peak "
+        "rate, then a straight line to min_lr over the last decay_frac of the steps, as modded-nanogpt and "
+        "nanochat do)", "constant")
+    warmup_steps: int = doc("linear warmup steps (every kind but step)", 0)
+    warmup_frac: float = doc("warmup as a fraction of all steps, if warmup_steps is 0 (rounded to a step)", 0.0)
+    warmup_start: float = doc(
+        "the warmup's first rate as a fraction of the peak: 0 = zoo's ramp, peak x (step + 1) / warmup, reaching "
+        "the peak at the warmup's last step; > 0 = torch's LinearLR(start_factor=warmup_start), peak x (start + "
+        "(1 - start) x step / warmup), reaching it right after (Giles Thomas uses 1e-5)", 0.0)
+    min_lr: float = doc("the floor that cosine, linear and wsd decay to (an absolute learning rate)", 0.0)
+    decay_frac: float = doc("wsd: the fraction of all steps (at the end) over which the rate falls to min_lr", 0.2)
     decay_rate: float = doc("step: multiply the lr by this once per epoch", 0.97)
     decay_after_epoch: int = doc("step: start decaying after this many epochs", 10)
 
     def validate(self) -> None:
         check(self.warmup_steps >= 0, "schedule.warmup_steps", f"is {self.warmup_steps}; it must be >= 0")
         check(0 <= self.warmup_frac < 1, "schedule.warmup_frac", f"is {self.warmup_frac}; use [0, 1)")
+        check(0 <= self.warmup_start < 1, "schedule.warmup_start", f"is {self.warmup_start}; use [0, 1)")
         check(self.min_lr >= 0, "schedule.min_lr", f"is {self.min_lr}; it must be >= 0")
+        check(0 < self.decay_frac <= 1, "schedule.decay_frac", f"is {self.decay_frac}; use (0, 1]")
         check(0 < self.decay_rate <= 1, "schedule.decay_rate", f"is {self.decay_rate}; use (0, 1]")
         check(self.decay_after_epoch >= 0, "schedule.decay_after_epoch",
               f"is {self.decay_after_epoch}; it must be >= 0")
@@ -212,7 +230,7 @@ IMPLEMENTATION = ("model.impl", "run.compile", "model.pad_vocab", "optim.impl")
 LIMITS = ("train.max_steps", "train.max_tokens", "train.epochs", "train.early_stop_patience", "eval.test")
 # What a resumed run may change, and what never makes two runs different experiments (zoo compare).
 RESUMABLE_CHANGES = LIMITS + PRESENTATION + IMPLEMENTATION
-NOT_AN_EXPERIMENT = PRESENTATION + ("run.seed",)
+NOT_AN_EXPERIMENT = PRESENTATION + ("run.seed", "data.seed")
 
 
 def matches(key: str, patterns: tuple[str, ...]) -> bool:
@@ -395,11 +413,28 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read a recipe file, apply `--set` overrides, and build the typed Recipe."""
-    raw = apply_overrides(read_toml(path), overrides or [])
+    return recipe_with_overrides(read_toml(path), overrides or [], str(path))
+
+
+def recipe_with_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> Recipe:
+    """The Recipe of a parsed TOML document (read from `source`) with `--set` overrides applied. An error names
+    where the bad value came from: the `--set` that introduced it, or else the file."""
+    merged = apply_overrides(raw, overrides)  # a malformed override is named by its own message
     try:
-        return recipe_from_dict(raw)
+        return recipe_from_dict(merged)
     except RecipeError as exc:
-        raise RecipeError(f"{path}: {exc}") from None
+        raise RecipeError(f"{_blame(raw, overrides, str(exc), source)}: {exc}") from None
+
+
+def _blame(raw: dict[str, Any], overrides: list[str], message: str, source: str) -> str:
+    """The first of file, file + the first override, ... that already fails with `message`."""
+    for i in range(len(overrides)):
+        try:
+            recipe_from_dict(apply_overrides(raw, overrides[:i]))
+        except RecipeError as exc:
+            if str(exc) == message:
+                return source if i == 0 else f"--set {overrides[i - 1]}"
+    return f"--set {overrides[-1]}" if overrides else source
 
 
 # ------------------------------------------------------------------------------------------- writing
@@ -449,9 +484,19 @@ def flatten(data: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {f"{s}.{k}": v for s, table in data.items() if isinstance(table, dict) for k, v in table.items()}
 
 
+def completed(raw: dict[str, Any]) -> dict[str, Any]:
+    """A saved recipe with every field present: fields added to zoo after the run was made take their defaults
+    (which reproduce the behaviour from before they existed). A recipe zoo can no longer read stays as it is."""
+    try:
+        return recipe_to_dict(recipe_from_dict(raw))
+    except RecipeError:
+        return raw
+
+
 def recipe_changes(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> list[str]:
-    """Dotted keys whose values differ and that a resumed run may not change."""
-    a, b = flatten(old), flatten(new)
+    """Dotted keys whose values differ and that a resumed run may not change (the `old` recipe completed with
+    the defaults of fields it predates)."""
+    a, b = flatten(completed(old)), flatten(new)
     changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     return [k for k in changed if not matches(k, RESUMABLE_CHANGES)]
 

@@ -18,14 +18,14 @@ from zoo.checkpoint import Checkpointer, describe, load_model_tensors, write_ato
 from zoo.errors import CheckpointError, RecipeError
 from zoo.recipe import (
     Recipe,
-    apply_overrides,
+    completed,
     dumps_toml,
     flatten,
     matches,
     read_toml,
     recipe_changes,
-    recipe_from_dict,
     recipe_to_dict,
+    recipe_with_overrides,
 )
 from zoo.tokenizers import CharTokenizer, load_tokenizer
 
@@ -93,7 +93,7 @@ def check_recipe(recipe: Recipe, run_dir: Path, has_checkpoints: bool) -> dict[s
     changes = recipe_changes(old, new)
     if not changes:
         return {}
-    a, b = flatten(old), flatten(new)
+    a, b = flatten(completed(old)), flatten(new)
     if not has_checkpoints:
         shown = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changes[:4])
         print(f"{run_dir} has no checkpoint yet: starting it with the new recipe ({shown})", flush=True)
@@ -105,8 +105,9 @@ def check_recipe(recipe: Recipe, run_dir: Path, has_checkpoints: bool) -> dict[s
     remedies = [k for k in changes if _is_remedy(k)]
     hint = (f" ({', '.join(remedies)} may change only after a non-finite or diverging loss stopped the run)"
             if remedies and not diverged else "")
-    raise CheckpointError(f"{run_dir} holds a run of a different recipe ({shown}){hint}; choose another --name, "
-                          f"or run with --restart to set its checkpoints aside and start over")
+    raise CheckpointError(f"{run_dir} holds a run of a different recipe ({shown}){hint}; to resume it with its own "
+                          f"recipe: `zoo train {run_dir}`; otherwise choose another --name, or run with --restart "
+                          "to set its checkpoints aside and start over")
 
 
 def claim_run_dir(recipe: Recipe, run_dir: Path) -> None:
@@ -196,7 +197,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: torch.device | st
     run_dir = Path(run_dir)
     if not (run_dir / "recipe.toml").is_file():
         raise CheckpointError(f"{run_dir} is not a zoo run (no recipe.toml); train one with `zoo train`")
-    recipe = recipe_from_dict(apply_overrides(read_toml(run_dir / "recipe.toml"), overrides or []))
+    recipe = recipe_with_overrides(read_toml(run_dir / "recipe.toml"), overrides or [], str(run_dir / "recipe.toml"))
     tokenizer = load_tokenizer(run_dir / "tokenizer.json")
     path, tensors, meta = Checkpointer(run_dir).load_weights(which)
     model = registry.build_trainable(recipe, tokenizer.vocab_size, torch.device(device))

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -168,25 +169,98 @@ def _architecture(run) -> str:
             f"dropout {cfg.dropout}")
 
 
+def source_name(source: str) -> str:
+    """A data source as a model card may show it: Hub ids and embedded names as they are, a local file or
+    folder by its name only (no path of the machine it was trained on)."""
+    if source.startswith("embedded:"):
+        return source
+    if source.startswith("hf:"):
+        name = source[3:]
+        return source if not name.startswith((".", "/", "~")) and not Path(name).expanduser().exists() \
+            else f"hf:{Path(name).name}"
+    path = Path(source)
+    return f"{path.parent.name}/{path.name}" if any(c in path.name for c in "*?[") else path.name
+
+
+# recipe fields a card leaves out of its list of choices: data handling, cadences and descriptions
+_NOT_CHOICES = ("run.description", "run.device", "run.threads", "run.compile", "data.", "eval.", "checkpoint.",
+                "log.", "task.kind", "model.arch", "model.init_from", "model.pad_vocab", "optim.impl")
+
+
+def _choices(run) -> list[tuple[str, Any]]:
+    """The recipe's choices that differ from zoo's defaults for its architecture and task (its
+    interventions): (dotted key, value)."""
+    from zoo.recipe import Recipe, flatten, matches, recipe_to_dict
+
+    recipe = run.recipe
+    default = Recipe(model=type(recipe.model)(), task=type(recipe.task)())
+    mine, base = flatten(recipe_to_dict(recipe)), flatten(recipe_to_dict(default))
+    return [(k, v) for k, v in mine.items() if v != base.get(k) and not matches(k, _NOT_CHOICES)]
+
+
+def _card_recipe(run) -> str:
+    """The resolved recipe for the card: local paths reduced to names, no description (the shipped recipe's,
+    which overrides may have made untrue: a "2 x 256 LSTM" trained with --set model.hidden_size=64)."""
+    from zoo.recipe import dumps_toml, recipe_to_dict
+
+    data = recipe_to_dict(run.recipe)
+    data["run"].pop("description", None)
+    data["data"]["source"] = source_name(data["data"]["source"])
+    if data["data"].get("cache_dir"):
+        data["data"]["cache_dir"] = ""
+    if str(data["model"].get("init_from", "")).startswith("hf:"):
+        data["model"]["init_from"] = source_name(data["model"]["init_from"])
+    return dumps_toml(data)
+
+
+def usage_prompt(run) -> str:
+    """A prompt for the card's usage example, from the run's own data: eval.sample_prompt, else the start of a
+    local or embedded text (a few words), else the tokenizer's end-of-text token."""
+    if run.recipe.eval.sample_prompt:
+        return run.recipe.eval.sample_prompt
+    source = run.recipe.data.source
+    local = Path(source).expanduser()
+    if source.startswith("embedded:") or (local.is_file() and local.suffix == ".txt"
+                                         and local.stat().st_size < 64 * 2**20):
+        from zoo.data import read_text
+        from zoo.errors import DataError
+
+        try:
+            words = read_text(source, "replace").strip().split("\n")[0].split()[:4]
+        except (DataError, OSError):
+            words = []
+        if words:
+            return " ".join(words)
+    return "<|endoftext|>" if run.tokenizer.kind == "gpt2" else "\n"
+
+
+def _metrics_table(summary: dict) -> str:
+    rows = [("best validation loss", "best_val_loss"), ("test loss (best checkpoint)", "test_loss"),
+            ("test loss (last weights)", "final_test_loss"), ("test bits per character", "test_bits_per_char")]
+    lines = [f"| {label} | {summary[key]:.4f} |" for label, key in rows if isinstance(summary.get(key), int | float)]
+    for key in ("accuracy", "precision", "recall", "f1"):
+        if key in summary.get("test_metrics", {}):
+            lines.append(f"| test {key} | {summary['test_metrics'][key]:.4f} |")
+    for label, key in (("training tokens", "tokens"), ("training examples", "examples"), ("steps", "step")):
+        if isinstance(summary.get(key), int):
+            lines.append(f"| {label} | {summary[key]:,} |")
+    if not lines:
+        return "No evaluation yet.\n"
+    return "| metric | value |\n|---|---:|\n" + "\n".join(lines) + "\n\nLosses are in nats per token.\n"
+
+
 def model_card(run, out: Path, kind: str, remote: bool) -> None:
     summary = read_summary(run.run_dir) or {}
-    metrics = {k: summary[k] for k in ("best_val_loss", "test_loss", "test_bits_per_char", "tokens", "params")
-               if k in summary}
-    if "test_metrics" in summary:
-        metrics.update({f"test_{k}": summary["test_metrics"][k] for k in ("accuracy", "precision", "recall", "f1")})
-    # the run's resolved recipe, without its description: that is the shipped recipe's, which overrides may
-    # have made untrue (a "2 x 256 LSTM" trained with --set model.hidden_size=64)
-    recipe = "".join(line for line in (run.run_dir / "recipe.toml").read_text(encoding="utf-8").splitlines(True)
-                     if not line.startswith("description ="))
     backbone = getattr(run.model, "backbone", run.model)
     classify = run.recipe.task.kind == "classify"
     trust = ", trust_remote_code=True" if remote else ""
     usage = (f'pipe = pipeline("text-classification", model="PATH"{trust})\nprint(pipe("WINNER!! Claim your prize"))'
              if classify else
              f'pipe = pipeline("text-generation", model="PATH"{trust})\n'
-             f'print(pipe("ROMEO:", max_new_tokens=50, do_sample=False)[0]["generated_text"])')
+             f'print(pipe({json.dumps(usage_prompt(run))}, max_new_tokens=50, do_sample=False)[0]["generated_text"])')
     code = ("\nThe modelling code (`configuration_zoo_rnn.py`, `modeling_zoo_rnn.py`) ships in this folder and needs "
             "only torch and transformers; load it with `trust_remote_code=True`.\n" if remote else "")
+    choices = "\n".join(f"- `{k} = {json.dumps(v)}`" for k, v in _choices(run)) or "- none (zoo's defaults)"
     text = f"""---
 library_name: transformers
 pipeline_tag: {"text-classification" if classify else "text-generation"}
@@ -199,11 +273,21 @@ A {kind} trained with zoo (`zoo train`), exported with `zoo export-hf`.
 - Architecture: {_architecture(run)}; vocabulary {backbone.vocab_size} ({run.tokenizer.kind} tokenizer)
 - Parameters: {count_parameters(run.model):,}
 - Checkpoint: {run.checkpoint.name} (run {summary.get('status', 'still training, or stopped before its end')})
-- Data: `{run.recipe.data.source}`{f" (labels: {', '.join(run.recipe.task.labels)})" if classify else ""}
-- Metrics (losses in nats per token): {json.dumps(metrics)}
+- Data: `{source_name(run.recipe.data.source)}`{f" (labels: {', '.join(run.recipe.task.labels)})" if classify else ""}
 - Licence: the weights are released under MIT; the training data keeps its own licence (see zoo's
   data provenance notes).
 {code}
+## Metrics
+
+{_metrics_table(summary)}
+## Training choices
+
+The recipe fields that differ from zoo's defaults for this architecture (its interventions):
+
+{choices}
+
+## Usage
+
 ```python
 from transformers import pipeline
 {usage}
@@ -211,7 +295,7 @@ from transformers import pipeline
 
 ## Recipe
 ```toml
-{recipe}```
+{_card_recipe(run)}```
 """
     (out / "README.md").write_text(text, encoding="utf-8")
 

@@ -452,8 +452,9 @@ def metrics_for(labels: tuple[str, ...], positive: str, sums: dict[str, float]) 
 
 def build(config: ClassifyTaskConfig, recipe, tokenizer, data: Examples, model: Classifier,
           plan: MicroBatchPlan) -> ClassifyTask:
-    return ClassifyTask(config, data, batch_size=recipe.train.batch_size, seed=recipe.run.seed,
-                        pad_id=pad_id_for(recipe.data.tokenizer), eval_batch_size=recipe.eval.batch_size, model=model)
+    return ClassifyTask(config, data, batch_size=recipe.train.batch_size,
+                        seed=recipe.data.order_seed(recipe.run.seed), pad_id=pad_id_for(recipe.data.tokenizer),
+                        eval_batch_size=recipe.eval.batch_size, model=model)
 
 
 def finetune(raw: dict, base: Base, recipe_stem: str) -> tuple[dict, str]:

@@ -3,8 +3,10 @@
 Stateful (recurrent) models read the split as char-rnn does: each batch row is one contiguous stream, batch
 i+1 continues every row of batch i, the state is carried (and detached by the trainer) and reset at each
 epoch. Stateless models read random windows (nanoGPT's), drawn from a generator seeded by (seed, step), or
-sequential windows (one pass in order, then again). Either way a batch is a pure function of the step, so
-resuming needs no loader state. Token arrays stay numpy (memory-mapped for large corpora); only batches
+sequential windows (one pass in order, or in an order shuffled per epoch by `data.seed`, then again). Either
+way a batch is a pure function of the step, so resuming needs no loader state. The data order has its own seed
+(`data_seed`: data.seed, or run.seed while that is -1), so a study can vary the initialisation and the data
+order apart. Token arrays stay numpy (memory-mapped for large corpora); only batches
 become tensors.
 """
 
@@ -55,7 +57,8 @@ class LMTask(Task):
 
     def __init__(self, config: LMTaskConfig, splits: TokenSplits, *, stateful: bool, batch_size: int,
                  seq_len: int, seed: int, eval_batch_size: int, eval_max_tokens: int, vocab_size: int = 2,
-                 need_test: bool = True, sampling: Sampling | None = None):
+                 need_test: bool = True, sampling: Sampling | None = None, data_seed: int | None = None,
+                 shuffle: bool = False):
         self.config = config
         self.vocab_size = vocab_size
         self.sampling = sampling
@@ -64,6 +67,9 @@ class LMTask(Task):
         self.batch_size = batch_size
         self.seq_len = seq_len
         self.seed = seed
+        self.data_seed = seed if data_seed is None else data_seed
+        self.shuffle = shuffle  # sequential windows in a seeded order per epoch (data.seed set)
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, window order) of the last epoch asked
         self.eval_batch_size = eval_batch_size
         self.eval_max_tokens = eval_max_tokens
         train = splits.train
@@ -133,10 +139,13 @@ class LMTask(Task):
                     for m, r in zip(mine, rows, strict=True)]
         train = self.splits.train
         if self.config.sampling == "sequential":
-            first = (step % self.steps_per_epoch()) * self.batch_size
-            starts = (first + np.arange(self.batch_size)) * self.seq_len
+            epoch, i = divmod(step, self.steps_per_epoch())
+            windows = i * self.batch_size + np.arange(self.batch_size)
+            if self.shuffle:
+                windows = self._window_order(epoch)[windows]
+            starts = windows * self.seq_len
         else:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+            gen = torch.Generator().manual_seed(self.data_seed * 1_000_003 + step)
             starts = torch.randint(0, len(train) - self.seq_len, (self.batch_size,), generator=gen).numpy()
         window = np.arange(self.seq_len + 1)
         out = []
@@ -144,6 +153,13 @@ class LMTask(Task):
             ids = train[starts[r, None] + window]
             out.append(Batch(to_long(ids[:, :-1]), to_long(ids[:, 1:]), slot=m, reset=True))
         return out
+
+    def _window_order(self, epoch: int) -> np.ndarray:
+        """The order of the sequential windows in `epoch`: a permutation seeded by (data seed, epoch)."""
+        if self._order is None or self._order[0] != epoch:
+            count = self.steps_per_epoch() * self.batch_size
+            self._order = (epoch, np.random.default_rng([self.data_seed, epoch]).permutation(count))
+        return self._order[1]
 
     def loss(self, model: nn.Module, batch: Batch, state: State) -> tuple[torch.Tensor, State]:
         hidden, new_state = model(batch.x, state)
@@ -236,7 +252,8 @@ def build(config: LMTaskConfig, recipe, tokenizer, splits: TokenSplits, model: B
     return LMTask(config, splits, stateful=model.stateful, batch_size=recipe.train.batch_size,
                   seq_len=recipe.train.seq_len, seed=recipe.run.seed, eval_batch_size=recipe.eval.batch_size,
                   eval_max_tokens=recipe.eval.max_tokens, vocab_size=model.vocab_size, need_test=recipe.eval.test,
-                  sampling=sampling)
+                  sampling=sampling, data_seed=recipe.data.order_seed(recipe.run.seed),
+                  shuffle=recipe.data.seed >= 0)
 
 
 SPEC = TaskSpec(name="lm", config=LMTaskConfig, load_data=load_data, wrap=wrap, build=build)
