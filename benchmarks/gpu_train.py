@@ -13,6 +13,8 @@ pipeline. Prints tokens/s, MFU and the ratio zoo / reference for each model.
     python benchmarks/gpu_train.py --micro-batch 16       # both sides at another micro-batch
     python benchmarks/gpu_train.py --json out.json        # also write the results as JSON
     python benchmarks/gpu_train.py                        # no GPU: a tiny model in fp32, a smoke test only
+    python benchmarks/gpu_train.py --modern --race 400    # also the modern recipe: its throughput beside the
+                                                          # GPT-2 recipe's, and a race to the GPT-2 recipe's loss
 
 MFU is model FLOPs (nanoGPT's count: 6 x non-embedding parameters + attention) per second over the GPU's dense
 bf16 peak from zoo.reporting.PEAK_FLOPS (989 TFLOP/s for H100 SXM and H200).
@@ -49,6 +51,7 @@ from zoo.reporting import peak_flops  # noqa: E402
 from zoo.trainer import Trainer, train  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "gpt2_fineweb.toml"
+MODERN = ROOT / "recipes" / "gpt2_fineweb_modern.toml"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fineweb_sample"
 
 
@@ -75,10 +78,10 @@ def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
 
 
-def run_zoo(args, tied: bool, device: torch.device) -> dict:
+def run_zoo(args, tied: bool, device: torch.device, recipe_path: Path = RECIPE) -> dict:
     """zoo's Trainer for warm-up + measured steps; tokens/s measured between the two marks."""
     steps = args.warmup + args.steps
-    recipe = load_recipe(RECIPE, overrides(args, tied, steps))
+    recipe = load_recipe(recipe_path, overrides(args, tied, steps))
     marks: dict[int, float] = {}
     syncs: list[str] = []
     original = Trainer.train_step
@@ -184,6 +187,32 @@ def run_reference(args, tied: bool, device: torch.device, micro: int, accumulati
             "final_loss": loss, "peak_memory_gib": memory}
 
 
+def race(args, device: torch.device) -> dict:
+    """Both recipes (GPT-2's and the modern one, untied, the same batch) trained for `args.race` steps on the
+    sample with the same evaluations; the training seconds and tokens at which each first reached the GPT-2
+    recipe's final val loss."""
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, path in (("gpt2", RECIPE), ("modern", MODERN)):
+            sets = overrides(args, False, args.race)
+            sets = [s for s in sets if not s.startswith(("eval.interval", "log.interval"))]
+            sets += [f"eval.interval={max(1, args.race // 20)}", f"log.interval={max(1, args.race // 20)}"]
+            result = train(load_recipe(path, sets), Path(tmp) / name)
+            val = scalars(Path(tmp) / name, "loss/val")
+            clock = dict(scalars(Path(tmp) / name, "progress/seconds"))
+            per_step = result.summary["tokens"] // result.summary["step"]
+            out[name] = {"val": val, "clock": clock, "tokens_per_step": per_step,
+                         "final_val_loss": result.summary["final_val_loss"]}
+            free(device)
+    target = out["gpt2"]["final_val_loss"]
+    for r in out.values():
+        hit = next(((s, v) for s, v in r["val"] if v <= target), None)
+        r["reached_step"] = hit[0] if hit else None
+        r["reached_seconds"] = r["clock"].get(hit[0]) if hit else None
+        r["reached_tokens"] = hit[0] * r["tokens_per_step"] if hit else None
+    return {"target": target, **{k: {kk: vv for kk, vv in v.items() if kk not in ("clock",)} for k, v in out.items()}}
+
+
 def free(device: torch.device) -> None:
     torch._dynamo.reset()
     gc.collect()
@@ -202,6 +231,12 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=8 * 1024 + 1)
     parser.add_argument("--models", default="124M,163M", help="which of 124M (tied), 163M (untied) to run")
     parser.add_argument("--compile-cpu", action="store_true", help="compile on a CPU too (slow; smoke test)")
+    parser.add_argument("--modern", action="store_true",
+                        help="also run recipes/gpt2_fineweb_modern.toml (untied) through the Trainer, beside the "
+                             "GPT-2 recipe's 163M")
+    parser.add_argument("--race", type=int, default=0,
+                        help="with --modern: train both recipes this many steps and report when each reached the "
+                             "GPT-2 recipe's final val loss")
     parser.add_argument("--json", help="write the results to this JSON file")
     args = parser.parse_args()
     args.gpu = torch.cuda.is_available()
@@ -229,6 +264,16 @@ def main() -> None:
         results.append({"model": name, **{f"zoo_{k}": v for k, v in ours.items()},
                         **{f"ref_{k}": v for k, v in ref.items()}, "zoo_mfu": zoo_mfu, "ref_mfu": ref_mfu,
                         "ratio": ours["tokens_per_s"] / ref["tokens_per_s"]})
+    modern = None
+    if args.modern:
+        print("--- modern recipe: zoo Trainer", flush=True)
+        modern = run_zoo(args, False, device, MODERN)
+        free(device)
+        base = next((r for r in results if r["model"] == "163M"), None)
+        modern["mfu"] = modern["tokens_per_s"] * modern["flops_per_token"] / peak if peak else math.nan
+        if base:
+            modern["vs_gpt2_recipe"] = modern["tokens_per_s"] / base["zoo_tokens_per_s"]
+    raced = race(args, device) if args.modern and args.race else None
     print()
     print(f"{'model':<6} {'micro x acc':>11} {'zoo tok/s':>11} {'zoo MFU':>8} {'TB tok/s':>10} {'TB MFU':>7} "
           f"{'ref tok/s':>11} {'ref MFU':>8} {'zoo/ref':>8} {'zoo/ref GiB':>12}")
@@ -242,9 +287,20 @@ def main() -> None:
         if r["zoo_sync_checked_steps"]:
             print(f"{r['model']}: host syncs inside Trainer.train_step over {r['zoo_sync_checked_steps']} steps "
                   f"(CUDA sync debug mode): {r['zoo_host_syncs_in_steps']} {r['zoo_sync_examples']}")
+    if modern:
+        ratio = f", {modern['vs_gpt2_recipe']:.2f}x the GPT-2 recipe's (163M)" if "vs_gpt2_recipe" in modern else ""
+        print(f"modern recipe ({modern['params']:,} parameters): {modern['tokens_per_s']:,.0f} tokens/s, MFU "
+              f"{modern['mfu']:.1%}{ratio}")
+    if raced:
+        print(f"race over {args.race} steps to the GPT-2 recipe's final val loss {raced['target']:.4f}:")
+        for name in ("gpt2", "modern"):
+            r = raced[name]
+            when = (f"step {r['reached_step']}, {r['reached_tokens']:,} tokens, {r['reached_seconds']:.1f} s of "
+                    "training" if r["reached_step"] else "not reached")
+            print(f"  {name:<7} final val {r['final_val_loss']:.4f}; reached it at {when}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": gpu, "torch": torch.__version__, "results": results},
-                                              indent=1))
+        Path(args.json).write_text(json.dumps({"device": gpu, "torch": torch.__version__, "results": results,
+                                               "modern": modern, "race": raced}, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -45,15 +45,20 @@ def gloo_retry(test):
 
 def _close(a: dict, b: dict, atol: float = 1e-5) -> None:
     assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=atol, msg=key)
+    worst = max(a, key=lambda k: (a[k] - b[k]).abs().max().item())
+    assert (a[worst] - b[worst]).abs().max().item() <= atol, (worst, (a[worst] - b[worst]).abs().max().item())
 
 
-@pytest.mark.parametrize("model", ["char_rnn", "gpt2"])
+@pytest.mark.parametrize("model", ["char_rnn", "gpt2", "gpt2_modern_muon"])
 @gloo_retry
 def test_two_processes_equal_one(make_recipe, tmp_path, model):
     extra = ["--set", "model.dropout=0.0", "--set", "train.max_steps=12", "--set", "eval.interval=6"]
-    if model == "gpt2":
+    if model == "gpt2_modern_muon":  # rotary, RMSNorm, ReLU^2, QK-norm, no biases, soft-cap, zero-init; Muon
+        extra += ["--set", "model.position=rotary", "--set", "model.norm=rmsnorm", "--set", "model.mlp=relu2",
+                  "--set", "model.qk_norm=true", "--set", "model.bias=false", "--set", "model.logit_softcap=15.0",
+                  "--set", "model.zero_init_proj=true", "--set", 'optim={name = "muon", embedding_lr = 0.05}',
+                  "--set", "train.lr=0.02"]
+    if model.startswith("gpt2"):
         recipe = REPO / "recipes" / "gpt2_shakespeare_char.toml"
         extra += ["--set", f"data.source={make_recipe().parent / 'tiny.txt'}", "--set", "model.size=gpt2-micro",
                   "--set", "model.context_length=32", "--set", "train.seq_len=32", "--set", "train.batch_size=8",
@@ -64,12 +69,16 @@ def test_two_processes_equal_one(make_recipe, tmp_path, model):
     assert one.returncode == 0, one.stderr
     two = zoo_subprocess("train", recipe, "--name", "two", "--nproc-per-node", "2", *extra, cwd=tmp_path, env=ENV)
     assert two.returncode == 0, two.stdout + two.stderr
-    _close(final_weights(tmp_path / "runs" / "one"), final_weights(tmp_path / "runs" / "two"))
+    # Muon orthogonalises in bf16 (torch.optim.Muon): the last-bit differences of a 2-rank gradient sum (fp32,
+    # another order) round differently there, so a Muon run agrees to bf16's resolution (4.9e-4 after 12 steps
+    # here), every other run to fp32's
+    tolerance = 2e-3 if model.endswith("muon") else 1e-5
+    _close(final_weights(tmp_path / "runs" / "one"), final_weights(tmp_path / "runs" / "two"), tolerance)
     curve_one = [v for _, v in scalars(tmp_path / "runs" / "one", "loss/train")]
     curve_two = [v for _, v in scalars(tmp_path / "runs" / "two", "loss/train")]
-    assert len(curve_two) == 12 and curve_two == pytest.approx(curve_one, rel=1e-5)
+    assert len(curve_two) == 12 and curve_two == pytest.approx(curve_one, rel=tolerance)
     s1, s2 = read_summary(tmp_path / "runs" / "one"), read_summary(tmp_path / "runs" / "two")
-    assert s2["tokens"] == s1["tokens"] and s2["test_loss"] == pytest.approx(s1["test_loss"], rel=1e-5)
+    assert s2["tokens"] == s1["tokens"] and s2["test_loss"] == pytest.approx(s1["test_loss"], rel=tolerance)
 
 
 @pytest.mark.parametrize("sampling,stateful", [("auto", True), ("windows", False), ("sequential", False)])

@@ -18,8 +18,9 @@ from zoo.generate import generate
 from zoo.models import gpt2
 from zoo.models.base import count_parameters, flops_per_token
 from zoo.models.rnn import CharRNN, CharRNNConfig
-from zoo.optim import build_optimizer, implementation
+from zoo.optim import implementation
 from zoo.recipe import OptimConfig, load_recipe
+from zoo.registry import build_optimizer
 from zoo.session import resolve_compile
 
 from .conftest import SHAKESPEARE, final_weights, scalars
@@ -177,11 +178,11 @@ def test_compile_and_optimizer_kernels_are_chosen_by_device():
     assert resolve_compile("auto", cpu, attention) is False
     assert resolve_compile("auto", cuda, recurrent) is False
     assert resolve_compile(True, cpu, recurrent) is True
-    assert implementation(OptimConfig(name="adamw"), cuda) == "fused"
-    assert implementation(OptimConfig(name="rmsprop"), cuda) == "foreach"  # torch has no fused RMSprop
-    assert implementation(OptimConfig(name="adamw"), cpu) == "foreach"
-    opt = build_optimizer(recurrent, OptimConfig(name="adamw"), 1e-3, cpu)
-    assert opt.defaults["foreach"] is True and not opt.defaults["fused"]
+    assert implementation("adamw", "auto", cuda) == "fused"
+    assert implementation("rmsprop", "auto", cuda) == "foreach"  # torch has no fused RMSprop
+    assert implementation("adamw", "auto", cpu) == "foreach"
+    opt, how = build_optimizer(recurrent, OptimConfig(name="adamw"), 1e-3, cpu)
+    assert opt.defaults["foreach"] is True and not opt.defaults["fused"] and how == "foreach"
     with pytest.raises(RecipeError, match="no fused rmsprop"):
         build_optimizer(recurrent, OptimConfig(name="rmsprop", impl="fused"), 1e-3, cpu)
     # cuda padding by default, none elsewhere

@@ -42,7 +42,8 @@ def test_zoo_recipes_lists_each_with_its_description(zoo):
 
 def test_zoo_recipes_fields_documents_every_section(zoo):
     out = zoo("recipes", "--fields").out
-    for section in ("[run]", "[data]", "[train]", "[optim]", "[schedule]", "[eval]", "[checkpoint]", "[log]"):
+    for section in ("[run]", "[data]", "[train]", "[optim (name = \"adamw\" | \"adam\" | \"rmsprop\" | \"sgd\")]",
+                    "[optim (name = \"muon\")]", "[schedule]", "[eval]", "[checkpoint]", "[log]"):
         assert section in out
     assert "grad_clip = 0.0" in out and "hidden_size = 256" in out
 

@@ -1,56 +1,16 @@
-"""Optimizers, parameter groups and learning-rate schedules."""
+"""What the trainer does with any optimizer: learning-rate schedules (one factor for every group's own base rate),
+the optimizer state without padded rows for checkpoints, and putting the recipe's settings back after a
+checkpoint is loaded. The optimizers themselves are in zoo/optimizers/ (one module each, chosen by optim.name
+through the registry)."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-from torch import nn
 
 from zoo.errors import RecipeError
-from zoo.recipe import OptimConfig, ScheduleConfig
-
-
-def parameter_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list[dict]:
-    """Decay matrices and embeddings (tensors of rank >= 2), not biases or norms, unless `decay_all`.
-    The rule is by tensor rank, not module type, so it holds for every architecture."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if decay_all or weight_decay == 0:
-        return [{"params": params, "weight_decay": weight_decay}]
-    return [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-
-
-FUSED = ("adamw", "adam", "sgd")  # the optimizers torch has a fused kernel for
-
-
-def implementation(config: OptimConfig, device: torch.device) -> str:
-    """fused, foreach or loop: the recipe's choice, or for `auto` fused on CUDA where the optimizer has a fused
-    kernel (one launch for every tensor) and foreach elsewhere."""
-    if config.impl != "auto":
-        return config.impl
-    return "fused" if device.type == "cuda" and config.name in FUSED else "foreach"
-
-
-def build_optimizer(model: nn.Module, config: OptimConfig, lr: float,
-                    device: torch.device | None = None) -> torch.optim.Optimizer:
-    """The optimizer the recipe names, over the model's trainable parameters (on `device`)."""
-    groups = parameter_groups(model, config.weight_decay, config.decay_all)
-    impl = implementation(config, device or torch.device("cpu"))
-    if impl == "fused" and config.name not in FUSED:
-        raise RecipeError(f"recipe value optim.impl is \"fused\" but torch has no fused {config.name}; use one of "
-                          f"{', '.join(FUSED)}, or optim.impl = \"foreach\"")
-    kind = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[impl]
-    if config.name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=config.betas, eps=config.eps, **kind)
-    if config.name == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=config.betas, eps=config.eps, **kind)
-    if config.name == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=lr, alpha=config.alpha, eps=config.eps, momentum=config.momentum,
-                                   **kind)
-    return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, **kind)
+from zoo.optimizers.base import FUSED, implementation, parameter_groups  # noqa: F401 - what optimizers share
 
 
 def _optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -82,12 +42,12 @@ def load_state_with_padding(optimizer: torch.optim.Optimizer, state: dict) -> No
                 optimizer.state[p][k] = torch.cat([v, v.new_zeros(p.shape[0] - v.shape[0], *v.shape[1:])])
 
 
-def warmup_steps(config: ScheduleConfig, total_steps: int) -> int:
+def warmup_steps(config, total_steps: int) -> int:
     """The schedule's warmup in steps: warmup_steps, or warmup_frac of all steps (rounded)."""
     return config.warmup_steps or int(round(config.warmup_frac * total_steps))
 
 
-def lr_at(step: int, base_lr: float, config: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> float:
+def lr_at(step: int, base_lr: float, config, total_steps: int, steps_per_epoch: int) -> float:
     """The learning rate for optimizer step `step` (0-based) of `total_steps`: a pure function, so resuming
     needs no state. Every kind but `step` starts with the linear warmup; cosine, linear and wsd end at min_lr
     (reached at step `total_steps`, one past the last)."""
@@ -111,6 +71,19 @@ def lr_at(step: int, base_lr: float, config: ScheduleConfig, total_steps: int, s
     if config.kind == "linear":
         return floor + (base_lr - floor) * (1.0 - progress)
     return floor + 0.5 * (base_lr - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def set_rates(optimizer, lr: float, base_lr: float) -> None:
+    """Give every parameter group the schedule's rate: `lr` is the rate for the recipe's base `train.lr`, and a
+    group with its own base rate (`initial_lr`) gets that rate times the same factor."""
+    for group in optimizer.param_groups:
+        own = group.get("initial_lr", base_lr)
+        group["lr"] = lr if own == base_lr else own * (lr / base_lr)
+
+
+def role_rates(optimizer, lr: float, base_lr: float) -> dict[str, float]:
+    """{role: rate} of groups that say their role (an optimizer whose groups have different base rates)."""
+    return {g["role"]: g.get("initial_lr", base_lr) * (lr / base_lr) for g in optimizer.param_groups if "role" in g}
 
 
 def hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict]:

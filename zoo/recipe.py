@@ -20,6 +20,7 @@ from typing import Any, Literal
 from zoo import registry
 from zoo.config import Section, check, doc
 from zoo.errors import RecipeError
+from zoo.optimizers.classic import OptimConfig  # the default [optim] (adamw); others come from the registry
 
 
 def valid_device(name: str) -> bool:
@@ -117,27 +118,6 @@ class TrainConfig(Section):
 
 
 @dataclass(frozen=True)
-class OptimConfig(Section):
-    name: Literal["adamw", "adam", "rmsprop", "sgd"] = doc("the optimizer", "adamw")
-    weight_decay: float = doc("decoupled (adamw) or L2 (others) weight decay", 0.0)
-    decay_all: bool = doc("decay every parameter, not only matrices and embeddings (tensors >= 2D)", False)
-    betas: tuple[float, float] = doc("Adam/AdamW betas", (0.9, 0.999))
-    eps: float = doc("Adam/AdamW/RMSprop epsilon", 1e-8)
-    momentum: float = doc("SGD/RMSprop momentum", 0.0)
-    alpha: float = doc("RMSprop smoothing constant (char-rnn's decay_rate)", 0.99)
-    impl: Literal["auto", "fused", "foreach", "loop"] = doc(
-        "how the update runs: fused (one kernel; adam, adamw, sgd), foreach (batched over tensors) or loop (per "
-        "tensor); auto: fused on CUDA where the optimizer has it, foreach elsewhere", "auto")
-
-    def validate(self) -> None:
-        check(self.weight_decay >= 0, "optim.weight_decay", f"is {self.weight_decay}; it must be >= 0")
-        check(all(0 <= b < 1 for b in self.betas), "optim.betas", f"is {list(self.betas)}; each in [0, 1)")
-        check(self.eps > 0, "optim.eps", f"is {self.eps}; it must be > 0")
-        check(0 <= self.momentum < 1, "optim.momentum", f"is {self.momentum}; it must be in [0, 1)")
-        check(0 < self.alpha < 1, "optim.alpha", f"is {self.alpha}; it must be in (0, 1)")
-
-
-@dataclass(frozen=True)
 class ScheduleConfig(Section):
     kind: Literal["constant", "step", "cosine", "linear", "wsd"] = doc(
         "constant; step (char-rnn: x decay_rate per epoch after decay_after_epoch); cosine (warmup, then cosine "
@@ -205,14 +185,15 @@ class LogConfig(Section):
 
 @dataclass(frozen=True)
 class Recipe:
-    """A whole recipe. `model` and `task` are the config classes their registries name."""
+    """A whole recipe. `model`, `task` and `optim` are the config classes their registries name (by arch, kind
+    and name)."""
 
     model: Any
     task: Any
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: Any = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -220,6 +201,7 @@ class Recipe:
 
 
 SECTIONS = [f.name for f in dataclasses.fields(Recipe)]
+POLYMORPHIC = ("model", "task", "optim")  # sections whose config class a selector field chooses
 # Kinds of fields (a name ending in "." covers a whole section or prefix):
 # - presentation: they describe, re-cadence or display a run, never change what it computes;
 PRESENTATION = ("run.description", "run.threads", "log.", "checkpoint.", "eval.interval", "eval.batch_size",
@@ -329,17 +311,22 @@ def build_config(cls: type, raw: dict[str, Any], section: str, elsewhere: dict[s
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """`a.b=value` -> (["a", "b"], value parsed as TOML, or the bare string if it is not TOML)."""
+    """`a.b=value` -> (["a", "b"], value parsed as TOML, or the bare string if it is not TOML); `a={...}` (an
+    inline TOML table) -> (["a"], the table), which replaces the whole section (e.g. another optimizer, whose
+    fields differ: `optim={name = "muon"}`)."""
     if "=" not in item:
         raise RecipeError(f"override {item!r} must look like section.key=value (e.g. train.lr=1e-3)")
     key, raw = item.split("=", 1)
     path = [p.strip() for p in key.strip().split(".")]
-    if len(path) < 2 or not all(path):
-        raise RecipeError(f"override {item!r} must name section.key (e.g. train.lr=1e-3)")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
+    if len(path) == 1 and path[0] and isinstance(value, dict):
+        return path, value
+    if len(path) < 2 or not all(path):
+        raise RecipeError(f"override {item!r} must name section.key (e.g. train.lr=1e-3), or replace a whole "
+                          "section with an inline table (e.g. optim={name = \"muon\"})")
     return path, value
 
 
@@ -369,12 +356,22 @@ def _polymorphic(raw: dict[str, Any], section: str, selector: str, known: dict[s
         raise RecipeError(f"recipe has no {section}.{selector}; choose one of: {', '.join(sorted(known))}")
     if name not in known:
         raise RecipeError(f"unknown {section}.{selector} {name!r}; known: {', '.join(sorted(known))}")
-    return build_config(known[name], table, section, _fields_elsewhere(section))
+    try:
+        return build_config(known[name], table, section, _fields_elsewhere(section))
+    except RecipeError as exc:
+        others = {n for n, cls in known.items() if cls is not known[name]
+                  and any(f"unknown recipe key {section}.{f.name}" in str(exc) for f in dataclasses.fields(cls))}
+        if not others:
+            raise
+        raise RecipeError(f"{exc}; it is a field of {section}.{selector} = {' or '.join(sorted(others))}: to switch to "
+                          f"{name!r}, replace the whole section, e.g. --set '{section}={{{selector} = \"{name}\"}}'") \
+            from None
 
 
 def _fields_elsewhere(section: str) -> dict[str, list[str]]:
-    """The field names of the fixed sections other than `section`, for suggestions."""
-    hints = typing.get_type_hints(Recipe)
+    """The field names of the fixed sections (and the default optimizer's) other than `section`, for
+    suggestions."""
+    hints = {**typing.get_type_hints(Recipe), "optim": OptimConfig}
     return {name: [f.name for f in dataclasses.fields(hints[name])] for name in SECTIONS
             if name not in ("model", "task", section)}
 
@@ -386,14 +383,15 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
             raise RecipeError(f"unknown recipe section [{section}]{_suggest(section, SECTIONS)}")
     model = _polymorphic(raw, "model", "arch", registry.model_configs())
     task = _polymorphic(raw, "task", "kind", registry.task_configs(), default="lm")
+    optim = _polymorphic(raw, "optim", "name", registry.optimizer_configs(), default="adamw")
     hints = typing.get_type_hints(Recipe)
     sections = {name: build_config(hints[name], raw.get(name, {}), name, _fields_elsewhere(name))
-                for name in SECTIONS if name not in ("model", "task")}
-    recipe = Recipe(model=model, task=task, **sections)
+                for name in SECTIONS if name not in POLYMORPHIC}
+    recipe = Recipe(model=model, task=task, optim=optim, **sections)
     if recipe.data.splits[2] == 0 and recipe.eval.test:
         raise RecipeError("recipe value data.splits leaves no test split; set eval.test = false as well (e.g. for "
                           "nanoGPT's 90/10 train/val cut), or give the test split a fraction")
-    for part in (model, task):
+    for part in (model, task, optim):
         part.validate_recipe(recipe)
     return recipe
 
@@ -504,9 +502,14 @@ def recipe_changes(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]
 def field_reference() -> str:
     """Markdown reference of every recipe section and field (defaults and docs)."""
     lines = []
-    groups: list[tuple[str, type]] = [(n, typing.get_type_hints(Recipe)[n]) for n in SECTIONS[2:]]
+    groups: list[tuple[str, type]] = [(n, typing.get_type_hints(Recipe)[n]) for n in SECTIONS
+                                      if n not in POLYMORPHIC]
     groups += [(f"model (arch = \"{n}\")", c) for n, c in registry.model_configs().items()]
     groups += [(f"task (kind = \"{n}\")", c) for n, c in registry.task_configs().items()]
+    optimizers: dict[type, list[str]] = {}
+    for n, c in registry.optimizer_configs().items():
+        optimizers.setdefault(c, []).append(n)
+    groups += [(f"optim (name = {' | '.join(map(json.dumps, names))})", c) for c, names in optimizers.items()]
     for title, cls in groups:
         lines.append(f"[{title}]")
         hints = typing.get_type_hints(cls)

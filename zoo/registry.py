@@ -1,5 +1,6 @@
-"""Names to specs: `model.arch` -> ModelSpec, `task.kind` -> TaskSpec. Adding an architecture or a task is
-one file in zoo/models/ or zoo/tasks/ that provides a spec, plus one line in MODELS or TASKS below.
+"""Names to specs: `model.arch` -> ModelSpec, `task.kind` -> TaskSpec, `optim.name` -> OptimizerSpec. Adding an
+architecture, a task or an optimizer is one file in zoo/models/, zoo/tasks/ or zoo/optimizers/ that provides a
+spec, plus one line in MODELS, TASKS or OPTIMIZERS below.
 
 The registry imports the model and task modules; they import only lower layers (zoo.config, zoo.data,
 zoo.tokenizers, zoo.checkpoint), never the recipe parser, the registry or the trainer."""
@@ -13,12 +14,14 @@ import torch
 from zoo.errors import RecipeError
 from zoo.models import gpt2, rnn
 from zoo.models.base import Trainable
-from zoo.specs import ModelSpec, TaskSpec
+from zoo.optimizers import classic, muon
+from zoo.specs import ModelSpec, OptimizerSpec, TaskSpec
 from zoo.tasks import classify, lm
 from zoo.tasks.base import MicroBatchPlan
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (rnn.SPEC, gpt2.SPEC)}
 TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (lm.SPEC, classify.SPEC)}
+OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in (*classic.SPECS, muon.SPEC)}
 
 
 def model_spec(arch: str) -> ModelSpec:
@@ -31,6 +34,21 @@ def task_spec(kind: str) -> TaskSpec:
     if kind not in TASKS:
         raise RecipeError(f"unknown task.kind {kind!r}; known: {', '.join(sorted(TASKS))}")
     return TASKS[kind]
+
+
+def optimizer_spec(name: str) -> OptimizerSpec:
+    if name not in OPTIMIZERS:
+        raise RecipeError(f"unknown optim.name {name!r}; known: {', '.join(sorted(OPTIMIZERS))}")
+    return OPTIMIZERS[name]
+
+
+def optimizer_configs() -> dict[str, type]:
+    return {name: spec.config for name, spec in OPTIMIZERS.items()}
+
+
+def build_optimizer(model: torch.nn.Module, config: Any, lr: float, device: torch.device | None = None):
+    """(optimizer, how it runs) for the recipe's [optim] over the model's trainable parameters."""
+    return optimizer_spec(config.name).build(config, model, lr, device or torch.device("cpu"))
 
 
 def model_configs() -> dict[str, type]:

@@ -22,7 +22,6 @@ from zoo import dist, registry
 from zoo.checkpoint import Checkpointer, warn, write_atomic
 from zoo.errors import RecipeError, TrainingError
 from zoo.models.base import Trainable, count_parameters
-from zoo.optim import build_optimizer, implementation
 from zoo.recipe import Recipe
 from zoo.runs import check_recipe, claim_run_dir, clean_run_dir, lock_run_dir, record_changes, set_aside
 from zoo.tasks.base import MicroBatchPlan, Task, TaskLoss
@@ -193,7 +192,7 @@ def open_session(recipe: Recipe, run_dir: Path, env: dist.DistEnv, device: torch
     compiled = resolve_compile(recipe.run.compile, device, model)
     forward = TaskLoss(model, task.loss)
     train_forward = dist.wrap(torch.compile(forward) if compiled else forward, env, device)
-    optimizer = build_optimizer(model, recipe.optim, recipe.train.lr, device)
+    optimizer, optimizer_impl = registry.build_optimizer(model, recipe.optim, recipe.train.lr, device)
     precision = resolve_precision(recipe.run.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     state = TrainState(model, optimizer, scaler, env, device)
@@ -216,6 +215,6 @@ def open_session(recipe: Recipe, run_dir: Path, env: dist.DistEnv, device: torch
         print(f"starting from the weights of {source}", flush=True)
     return Session(recipe=recipe, run_dir=run_dir, env=env, device=device, ckpt=ckpt, tokenizer=tokenizer,
                    model=model, task=task, plan=plan, train_forward=train_forward, compiled=compiled,
-                   optimizer=optimizer, optimizer_impl=implementation(recipe.optim, device), scaler=scaler,
+                   optimizer=optimizer, optimizer_impl=optimizer_impl, scaler=scaler,
                    state=state, total_steps=total_steps(recipe, task.steps_per_epoch(), task.items_per_step()),
                    resumed_from=resumed_from, changes=changes, precision=precision)

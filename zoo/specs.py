@@ -1,5 +1,6 @@
-"""The two kinds of registry entry: an architecture (ModelSpec) and a task (TaskSpec). Each model or task module
-defines one as `SPEC`; zoo/registry.py lists them."""
+"""The kinds of registry entry: an architecture (ModelSpec), a task (TaskSpec) and an optimizer
+(OptimizerSpec). Each model, task or optimizer module defines its own as `SPEC` (or `SPECS`); zoo/registry.py
+lists them."""
 
 from __future__ import annotations
 
@@ -10,9 +11,24 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """An architecture: its `[model]` config class (selected by `arch = name`) and its builder,
+    """An architecture: its `[model]` config class (selected by `arch = name`), its builder,
     `build(config, vocab_size, device) -> Backbone` (the device lets it lay itself out for that device, e.g.
-    GPT-2's padded vocabulary on CUDA)."""
+    GPT-2's padded vocabulary on CUDA), and `exporter`, the module that writes its runs as a transformers
+    folder (`export(run, out) -> (what, needs remote code)`, `describe(run)`), imported only when exporting."""
+
+    name: str
+    config: type
+    build: Callable[..., Any]
+    exporter: str = ""
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """An optimizer: its `[optim]` config class (selected by `name`) and
+    `build(config, model, lr, device) -> (optimizer, how)`: the optimizer over the model's trainable
+    parameters, each parameter group with its own base rate as `initial_lr` (the schedule scales every group's
+    rate by the same factor) and, where groups differ by what they hold, its `role`; `how` says how it runs
+    (e.g. "fused", "foreach"), for the start line."""
 
     name: str
     config: type

@@ -53,12 +53,32 @@ class Point:
                          *sets])
 
 
-# a comma followed by the next `section.key=` starts another override of the same intervention
-_NEXT_FIELD = re.compile(r",\s*(?=[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_.]*\s*=)")
+# a comma (outside brackets and quotes) followed by the next `section.key=` or `section=` starts another
+# override of the same intervention
+_NEXT_FIELD = re.compile(r"\s*[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_.]*)?\s*=")
+
+
+def _split_overrides(text: str) -> list[str]:
+    """`a.b=1,c.d=[1, 2],e={x = 1, y = 2}` -> its overrides (commas inside lists, tables or strings stay)."""
+    items, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0 and _NEXT_FIELD.match(text, i + 1):
+            items.append(text[start:i])
+            start = i + 1
+    return [item.strip() for item in [*items, text[start:]]]
 
 
 def parse_ablation(text: str) -> Intervention:
-    """`NAME:section.key=value[,section.key=value...]` (values may hold commas, e.g. lists)."""
+    """`NAME:section.key=value[,section.key=value...]` (values may hold commas, e.g. lists; `section={...}`
+    replaces a whole section)."""
     name, sep, rest = text.partition(":")
     name = name.strip()
     if not sep or not rest.strip() or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
@@ -67,10 +87,10 @@ def parse_ablation(text: str) -> Intervention:
     if name in ("baseline", "stack"):
         raise ZooError(f"--ablate {text!r}: {name!r} names the sweep's own {name} run; call the intervention "
                        "something else")
-    items = [item.strip() for item in _NEXT_FIELD.split(rest)]
+    items = _split_overrides(rest)
     for item in items:
         key, eq, value = item.partition("=")
-        if not eq or "." not in key or not value.strip():
+        if not eq or not key.strip() or not value.strip():
             raise ZooError(f"--ablate {text!r}: {item!r} must look like section.key=value")
     return Intervention(name, tuple(items))
 

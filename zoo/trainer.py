@@ -23,7 +23,7 @@ import torch
 from zoo import dist, faults, stops
 from zoo.errors import TrainingError
 from zoo.models.base import detach_state
-from zoo.optim import lr_at
+from zoo.optim import lr_at, role_rates, set_rates
 from zoo.recipe import Recipe, flatten, recipe_to_dict
 from zoo.reporting import Progress, Throughput, base_summary, peak_flops, setup_line, start_line
 from zoo.runs import mark_diverged, read_summary, write_summary
@@ -92,8 +92,7 @@ class Trainer:
         pre-clip gradient norm stay on the device until `flush` reads a whole window of steps at once."""
         s, c, st = self.s, self.counters, self.state
         lr = lr_at(c.step, self.recipe.train.lr, self.recipe.schedule, s.total_steps, self.task.steps_per_epoch())
-        for group in s.optimizer.param_groups:
-            group["lr"] = lr
+        set_rates(s.optimizer, lr, self.recipe.train.lr)
         faults.step(c.step + 1, self.env.rank)
         loss_sum = None
         batches = self.task.micro_batches(c.step, s.plan)
@@ -152,9 +151,11 @@ class Trainer:
                                                                             and not self.s.scaler.is_enabled()):
                 raise self._diverged("training loss", loss, r.step, f" (gradient norm {norm:.4g})")
             clipped += clip > 0 and norm > clip
+            roles = {f"optim/lr_{role}": rate for role, rate in role_rates(self.s.optimizer, r.lr,
+                                                                           self.recipe.train.lr).items()}
             self.logger.scalars({"loss/train": loss, "optim/lr": r.lr, "optim/grad_norm": norm,
                                  "optim/clipped_frac": clipped / r.step, f"progress/{self.unit}": r.items,
-                                 "progress/seconds": r.seconds}, r.step)
+                                 "progress/seconds": r.seconds, **roles}, r.step)
             out.append((r.step, loss, norm))
         c.clipped_steps = clipped
         return out

@@ -21,8 +21,28 @@ from torch import nn
 State = tuple[torch.Tensor, ...] | None
 
 
+ROLES = ("matrix", "embedding", "head", "vector")
+
+
 class Trainable(nn.Module):
     """What the trainer optimises: a backbone, or a task's head around one."""
+
+    def heads(self) -> list[nn.Module]:
+        """The output layers (an LM head, a classifier head): their weights have the `head` role."""
+        return []
+
+    def parameter_roles(self) -> dict[str, str]:
+        """The role of every parameter, by name, for optimizers that treat them apart (Muon): `embedding` (a
+        lookup table, also when the head shares it), `head` (an output layer's weight), `vector` (biases, norm
+        gains, anything below 2-D) and `matrix` (every other weight: the hidden matrices). Shapes alone cannot
+        tell them apart: an embedding and a head are 2-D too."""
+        embeddings = {id(p) for m in self.modules() if isinstance(m, nn.Embedding) for p in m.parameters(False)}
+        heads = {id(m.weight) for m in self.heads()}
+        roles = {}
+        for name, p in self.named_parameters():
+            roles[name] = ("embedding" if id(p) in embeddings else "vector" if p.dim() < 2
+                           else "head" if id(p) in heads else "matrix")
+        return roles
 
     @property
     def recurrent(self) -> bool:
@@ -52,6 +72,9 @@ class Backbone(Trainable):
     @property
     def recurrent(self) -> bool:
         return self.stateful
+
+    def heads(self) -> list[nn.Module]:
+        return [self.lm_head]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Next-token logits over the vocabulary."""

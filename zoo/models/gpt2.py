@@ -1,10 +1,18 @@
-"""GPT-2 (Radford et al. 2019; Raschka's and nanoGPT's layout) as a zoo backbone.
+"""GPT-2 (Radford et al. 2019; Raschka's and nanoGPT's layout) as a zoo backbone, and the modern transformer's
+interventions as options of it.
 
-Learned token and position embeddings, pre-LayerNorm blocks (eps 1e-5) of causal multi-head attention
-(`F.scaled_dot_product_attention`) and a 4x MLP with tanh-approximated GELU, a final LayerNorm and an LM head
-without bias. Parameter names follow GPT-2's (wte, wpe, h.N.ln_1, h.N.attn.c_attn, h.N.attn.c_proj, h.N.ln_2,
-h.N.mlp.c_fc, h.N.mlp.c_proj, ln_f, lm_head), so OpenAI's weights load with no renaming (Hugging Face's Conv1D
-weights only need a transpose). Generation can pass a KV cache as the state.
+By default: learned token and position embeddings, pre-LayerNorm blocks (eps 1e-5) of causal multi-head
+attention (`F.scaled_dot_product_attention`) and a 4x MLP with tanh-approximated GELU, a final LayerNorm and an
+LM head without bias; GPT-2's init (normal 0.02, residual projections scaled by 1/sqrt(2 x layers)). Parameter
+names follow GPT-2's (wte, wpe, h.N.ln_1, h.N.attn.c_attn, h.N.attn.c_proj, h.N.ln_2, h.N.mlp.c_fc,
+h.N.mlp.c_proj, ln_f, lm_head), so OpenAI's weights load with no renaming (Hugging Face's Conv1D weights only
+need a transpose). Generation can pass a KV cache as the state.
+
+The options (each independent of the others; see GPT2Config) swap one small component for another: the
+position (`Rotary` on q and k instead of `wpe`), the norm (`make_norm`: LayerNorm or RMSNorm, with or
+without gains), the MLP (GELU, ReLU^2 or SwiGLU), QK-norm in the attention, biases, a logit soft-cap in
+`logits`, and zero-initialised residual projections. With every option at its default the model, its random
+initialisation and its state_dict are GPT-2's exactly.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +44,7 @@ SIZES = {
     "gpt2-tiny": (4, 4, 256),
     "gpt2-micro": (2, 2, 64),
 }
+RMS_EPS = 1e-6  # RMSNorm's epsilon (Llama's); LayerNorm keeps GPT-2's 1e-5
 
 
 @dataclass(frozen=True)
@@ -45,7 +55,7 @@ class GPT2Config(Section):
     n_layer: int = doc("transformer blocks (0 = from size)", 0)
     n_head: int = doc("attention heads (0 = from size)", 0)
     n_embd: int = doc("model width (0 = from size)", 0)
-    context_length: int = doc("maximum sequence length (position embeddings)", 1024)
+    context_length: int = doc("maximum sequence length (position embeddings, rotary tables)", 1024)
     vocab_size: int = doc("token ids the model knows (0 = the tokenizer's)", 0)
     pad_vocab: int = doc("round the embedding and LM-head rows up to a multiple of this, for faster GPU matmuls "
                          "(50257 -> 50304); the padded rows never reach a softmax and checkpoints hold only the "
@@ -53,6 +63,27 @@ class GPT2Config(Section):
     dropout: float = doc("dropout on embeddings, attention weights and residual branches", 0.0)
     qkv_bias: bool = doc("bias in the query/key/value projection (OpenAI's GPT-2 has it)", False)
     tie_weights: bool = doc("share the token embedding and the LM head (124M instead of 163M for small)", False)
+    position: Literal["learned", "rotary"] = doc(
+        "learned: GPT-2's position embeddings (wpe); rotary: RoPE, q and k of every head rotated by their "
+        "position (Su et al. 2021; modded-nanogpt, nanochat, Llama), no wpe", "learned")
+    rope_base: float = doc("rotary: the base of the rotation frequencies (10,000 as in RoPE and Llama 2)", 10000.0)
+    norm: Literal["layernorm", "rmsnorm"] = doc(
+        "layernorm: GPT-2's LayerNorm (eps 1e-5); rmsnorm: RMSNorm (eps 1e-6), as nanochat and Llama", "layernorm")
+    norm_gain: bool = doc("learnable gains in every norm; false = parameter-free norms (nanochat)", True)
+    mlp: Literal["gelu", "relu2", "swiglu"] = doc(
+        "gelu: GPT-2's 4x MLP with tanh GELU; relu2: the same with ReLU squared (modded-nanogpt, nanochat); "
+        "swiglu: Llama's gated MLP, silu(x W_gate) * (x W_up) W_down, with mlp_hidden chosen so its three "
+        "matrices hold as many weights as the 4x MLP's two", "gelu")
+    mlp_hidden: int = doc("MLP hidden width (0 = 4 x n_embd; swiglu: 8/3 x n_embd, rounded up to a multiple of "
+                          "8)", 0)
+    qk_norm: bool = doc("normalise each head's queries and keys (parameter-free RMSNorm) before attention, as "
+                        "modded-nanogpt and nanochat", False)
+    bias: bool = doc("biases in the linear layers other than q/k/v (attention output, MLP) and in LayerNorms "
+                     "(GPT-2 has them; nanochat and Llama have none). qkv_bias keeps its own switch", True)
+    logit_softcap: float = doc("cap the logits smoothly, cap x tanh(logits / cap), before the loss and sampling "
+                               "(0 = off; modded-nanogpt used 30, then 15)", 0.0)
+    zero_init_proj: bool = doc("initialise the attention and MLP output projections to zero, so each block starts "
+                               "as the identity (modded-nanogpt, nanochat); false = GPT-2's scaled init", False)
     init_from: str = doc("start from GPT-2 weights in the Hugging Face layout: hf:gpt2 (a Hub id, online) or "
                          "hf:PATH (a folder with config.json and model.safetensors); the architecture is read "
                          "from its config.json", "")
@@ -60,17 +91,29 @@ class GPT2Config(Section):
     def validate(self) -> None:
         check(self.size == "" or self.size in SIZES, "model.size",
               f"is {self.size!r}; use one of {', '.join(SIZES)} or \"\"")
-        for key in ("n_layer", "n_head", "n_embd", "vocab_size", "pad_vocab"):
+        for key in ("n_layer", "n_head", "n_embd", "vocab_size", "pad_vocab", "mlp_hidden"):
             check(getattr(self, key) >= 0, f"model.{key}", f"is {getattr(self, key)}; it must be >= 0")
         n_layer, n_head, n_embd = self.dims()
         if not self.init_from:  # with init_from the weights' config.json fixes the architecture
             check(n_layer > 0 and n_head > 0 and n_embd > 0, "model.size",
                   "is \"\"; then set model.n_layer, model.n_head and model.n_embd")
             check(n_embd % n_head == 0, "model.n_embd", f"is {n_embd}; it must be a multiple of n_head ({n_head})")
+            if self.position == "rotary":
+                check((n_embd // n_head) % 2 == 0, "model.position",
+                      f"is \"rotary\" but the head size n_embd / n_head = {n_embd // n_head} is odd; rotary turns "
+                      "pairs of dimensions, so make it even")
         check(self.context_length > 0, "model.context_length", f"is {self.context_length}; it must be > 0")
         check(0 <= self.dropout < 1, "model.dropout", f"is {self.dropout}; it must be in [0, 1)")
+        check(self.rope_base > 1 and math.isfinite(self.rope_base), "model.rope_base",
+              f"is {self.rope_base}; it must be > 1")
+        check(self.logit_softcap >= 0 and math.isfinite(self.logit_softcap), "model.logit_softcap",
+              f"is {self.logit_softcap}; use 0 (off) or a positive cap such as 15 or 30")
         check(self.init_from == "" or self.init_from.startswith("hf:"), "model.init_from",
               f"is {self.init_from!r}; use hf:gpt2 (a Hub id) or hf:PATH (a local folder)")
+        if self.init_from:
+            changed = [f"model.{k}" for k, v in MODERN_DEFAULTS.items() if getattr(self, k) != v]
+            check(not changed, "model.init_from",
+                  f"loads OpenAI-layout GPT-2 weights, which have GPT-2's own architecture; drop {', '.join(changed)}")
 
     def validate_recipe(self, recipe) -> None:
         check(recipe.train.seq_len <= self.context_length, "train.seq_len",
@@ -84,6 +127,28 @@ class GPT2Config(Section):
         """(n_layer, n_head, n_embd): explicit values override the named size."""
         base = SIZES.get(self.size, (0, 0, 0))
         return (self.n_layer or base[0], self.n_head or base[1], self.n_embd or base[2])
+
+    def hidden(self) -> int:
+        """The MLP's hidden width."""
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        width = self.dims()[2]
+        return -(-8 * width // 3 // 8) * 8 if self.mlp == "swiglu" else 4 * width
+
+    def is_gpt2(self) -> bool:
+        """Whether the architecture is OpenAI's GPT-2 (biases and norm gains may be absent: zeros and ones)."""
+        return self.position == "learned" and self.norm == "layernorm" and self.mlp == "gelu" \
+            and not self.qk_norm and not self.logit_softcap and not self.mlp_hidden
+
+    def is_llama(self) -> bool:
+        """Whether the architecture is Llama's: rotary, RMSNorm, SwiGLU, no biases, no QK-norm, no soft-cap."""
+        return self.position == "rotary" and self.norm == "rmsnorm" and self.mlp == "swiglu" \
+            and not self.qk_norm and not self.logit_softcap and not self.bias and not self.qkv_bias
+
+
+# the GPT-2 architecture: these options at these values (init_from weights need them)
+MODERN_DEFAULTS = {"position": "learned", "norm": "layernorm", "norm_gain": True, "mlp": "gelu", "mlp_hidden": 0,
+                   "qk_norm": False, "bias": True, "logit_softcap": 0.0}
 
 
 class KVCache:
@@ -105,17 +170,57 @@ class KVCache:
                 self.values[i] = self.values[i][:, :, -length:]
 
 
+def make_norm(config: GPT2Config, width: int) -> nn.Module:
+    """The config's norm over the last `width` features: LayerNorm (GPT-2's) or RMSNorm, with or without
+    learnable gains (and, for LayerNorm, biases)."""
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(width, eps=RMS_EPS, elementwise_affine=config.norm_gain)
+    return nn.LayerNorm(width, eps=1e-5, elementwise_affine=config.norm_gain, bias=config.bias and config.norm_gain)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (RoPE): the cosines and sines of position x frequency for every position of
+    the context, as non-persistent buffers (recomputed, never saved). Dimension i of a head is paired with
+    dimension i + head_dim/2 and the pair turned by position x base^(-2i/head_dim), the convention of
+    transformers' Llama (`rotate_half`), so a Llama export needs no permutation of the weights."""
+
+    def __init__(self, head_dim: int, context: int, base: float):
+        super().__init__()
+        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        angles = torch.outer(torch.arange(context, dtype=torch.float32), inv_freq)
+        angles = torch.cat([angles, angles], dim=-1)  # [context, head_dim]
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) of positions start .. start + length - 1."""
+        return self.cos[start:start + length], self.sin[start:start + length]
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, heads, T, head_dim] turned by the angles of its positions: x cos + rotate_half(x) sin."""
+    half = x.shape[-1] // 2
+    turned = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos + turned * sin).to(x.dtype)
+
+
 class CausalSelfAttention(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, dropout: float, qkv_bias: bool):
+    def __init__(self, config: GPT2Config, n_embd: int, n_head: int):
         super().__init__()
         self.n_head = n_head
-        self.dropout = dropout
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=qkv_bias)
-        self.c_proj = nn.Linear(n_embd, n_embd)
-        self.resid_drop = nn.Dropout(dropout)
+        self.dropout = config.dropout
+        self.qk_norm = config.qk_norm
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=config.qkv_bias)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=config.bias)
+        self.resid_drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         q, k, v = rearrange(self.c_attn(x), "b t (three h d) -> three b h t d", three=3, h=self.n_head)
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (q.shape[-1],)), F.rms_norm(k, (k.shape[-1],))
+        if rope is not None:
+            q, k = rotate(q, *rope), rotate(k, *rope)
         causal = True
         if cache is not None:
             if cache.keys[layer] is not None:
@@ -132,33 +237,54 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, n_embd: int, dropout: float):
+    """GPT-2's MLP, c_proj(act(c_fc(x))), with tanh GELU or ReLU squared."""
+
+    def __init__(self, config: GPT2Config, n_embd: int):
         super().__init__()
-        self.c_fc = nn.Linear(n_embd, 4 * n_embd)
-        self.c_proj = nn.Linear(4 * n_embd, n_embd)
-        self.drop = nn.Dropout(dropout)
+        self.relu2 = config.mlp == "relu2"
+        self.c_fc = nn.Linear(n_embd, config.hidden(), bias=config.bias)
+        self.c_proj = nn.Linear(config.hidden(), n_embd, bias=config.bias)
+        self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        h = self.c_fc(x)
+        h = F.relu(h).square() if self.relu2 else F.gelu(h, approximate="tanh")
+        return self.drop(self.c_proj(h))
+
+
+class SwiGLU(nn.Module):
+    """Llama's gated MLP: c_proj(silu(c_gate(x)) * c_fc(x)) (gate_proj, up_proj, down_proj in Llama)."""
+
+    def __init__(self, config: GPT2Config, n_embd: int):
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, config.hidden(), bias=config.bias)
+        self.c_gate = nn.Linear(n_embd, config.hidden(), bias=config.bias)
+        self.c_proj = nn.Linear(config.hidden(), n_embd, bias=config.bias)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.c_proj(F.silu(self.c_gate(x)) * self.c_fc(x)))
 
 
 class Block(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, dropout: float, qkv_bias: bool):
+    def __init__(self, config: GPT2Config, n_embd: int, n_head: int):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(n_embd, eps=1e-5)
-        self.attn = CausalSelfAttention(n_embd, n_head, dropout, qkv_bias)
-        self.ln_2 = nn.LayerNorm(n_embd, eps=1e-5)
-        self.mlp = MLP(n_embd, dropout)
+        self.ln_1 = make_norm(config, n_embd)
+        self.attn = CausalSelfAttention(config, n_embd, n_head)
+        self.ln_2 = make_norm(config, n_embd)
+        self.mlp = SwiGLU(config, n_embd) if config.mlp == "swiglu" else MLP(config, n_embd)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, rope)
         return x + self.mlp(self.ln_2(x))
 
 
 class GPT2(Backbone):
     """GPT-2 backbone: forward(idx, cache=None) -> (hidden [B, T, C], cache); `logits(hidden)` applies the LM
-    head. With `pad_rows` > vocab_size the embedding and head have that many rows (zeros past the vocabulary,
-    which no id looks up and `logits` cuts off); `state_dict` shows and takes only the real rows."""
+    head (and the soft-cap). With `pad_rows` > vocab_size the embedding and head have that many rows (zeros
+    past the vocabulary, which no id looks up and `logits` cuts off); `state_dict` shows and takes only the
+    real rows."""
 
     stateful = False
 
@@ -169,17 +295,22 @@ class GPT2(Backbone):
         self.vocab_size = config.vocab_size or vocab_size
         self.padded_vocab = max(pad_rows, self.vocab_size)
         self.max_seq_len = config.context_length
+        self.softcap = config.logit_softcap
         self.wte = nn.Embedding(self.vocab_size, self.d_model)
-        self.wpe = nn.Embedding(config.context_length, self.d_model)
+        if config.position == "learned":
+            self.wpe = nn.Embedding(config.context_length, self.d_model)
         self.drop = nn.Dropout(config.dropout)
-        self.h = nn.ModuleList(Block(self.d_model, self.n_head, config.dropout, config.qkv_bias)
-                               for _ in range(self.n_layer))
-        self.ln_f = nn.LayerNorm(self.d_model, eps=1e-5)
+        self.h = nn.ModuleList(Block(config, self.d_model, self.n_head) for _ in range(self.n_layer))
+        self.ln_f = make_norm(config, self.d_model)
         self.lm_head = nn.Linear(self.d_model, self.vocab_size, bias=False)
+        self.rotary = (Rotary(self.d_model // self.n_head, config.context_length, config.rope_base)
+                       if config.position == "rotary" else None)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2's scaled init of the residual projections
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.n_layer))
+                if config.zero_init_proj:
+                    nn.init.zeros_(p)  # after the draw, so the other weights are those of the scaled init
         # padding comes after the initialisation, so a padded model draws the same random numbers as an
         # unpadded one; the zero rows are never looked up and get no gradient, so they stay zero
         extra = self.padded_vocab - self.vocab_size
@@ -203,13 +334,18 @@ class GPT2(Backbone):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Next-token logits over the vocabulary (the padded columns cut off)."""
+        """Next-token logits over the vocabulary (the padded columns cut off), soft-capped if the config says."""
         logits = self.lm_head(hidden)
-        return logits[..., : self.vocab_size] if self.padded_vocab != self.vocab_size else logits
+        if self.padded_vocab != self.vocab_size:
+            logits = logits[..., : self.vocab_size]
+        if self.softcap:
+            logits = self.softcap * torch.tanh(logits / self.softcap)
+        return logits
 
     def layer_groups(self) -> tuple[list[list[nn.Parameter]], list[nn.Parameter]]:
         """Parameters from input to output (embeddings, then each block) and the final norm, for freezing."""
-        groups = [[self.wte.weight, self.wpe.weight]] + [list(block.parameters()) for block in self.h]
+        embeddings = [self.wte.weight] + ([self.wpe.weight] if self.rotary is None else [])
+        groups = [embeddings] + [list(block.parameters()) for block in self.h]
         return groups, list(self.ln_f.parameters())
 
     def load_pretrained(self) -> str:
@@ -227,15 +363,20 @@ class GPT2(Backbone):
         length = idx.shape[1]
         if start + length > self.max_seq_len:
             raise ValueError(f"sequence of {start + length} tokens exceeds the context length {self.max_seq_len}")
-        pos = torch.arange(start, start + length, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))
+        rope = None
+        if self.rotary is None:
+            pos = torch.arange(start, start + length, device=idx.device)
+            x = self.drop(self.wte(idx) + self.wpe(pos))
+        else:  # positions enter through q and k; the cache's keys were turned by their own positions
+            x = self.drop(self.wte(idx))
+            rope = self.rotary(start, length)
         for i, block in enumerate(self.h):
-            x = block(x, state, i)
+            x = block(x, state, i, rope)
         return self.ln_f(x), state
 
     def flops_per_token(self) -> float:
         """6N for the matmuls plus attention's 12 * layers * context * width (nanoGPT's estimate)."""
-        n = count_parameters(self) - self.wpe.weight.numel()
+        n = count_parameters(self) - (self.wpe.weight.numel() if self.rotary is None else 0)
         if not self.config.tie_weights:
             n -= self.vocab_size * self.d_model  # a lookup, not a matmul
         return 6.0 * n + 12.0 * self.n_layer * self.max_seq_len * self.d_model
@@ -357,4 +498,4 @@ def from_hf(spec: str, base: GPT2Config | None = None) -> GPT2:
     return model
 
 
-SPEC = ModelSpec(name="gpt2", config=GPT2Config, build=build)
+SPEC = ModelSpec(name="gpt2", config=GPT2Config, build=build, exporter="zoo.export.gpt2")

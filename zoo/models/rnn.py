@@ -102,4 +102,4 @@ def build(config: CharRNNConfig, vocab_size: int, device: torch.device | None = 
     return CharRNN(config, vocab_size)
 
 
-SPEC = ModelSpec(name="char_rnn", config=CharRNNConfig, build=build)
+SPEC = ModelSpec(name="char_rnn", config=CharRNNConfig, build=build, exporter="zoo.export.rnn")

@@ -243,6 +243,9 @@ class Classifier(Trainable):
     def recurrent(self) -> bool:
         return self.backbone.recurrent
 
+    def heads(self) -> list[nn.Module]:
+        return [self.score, *self.backbone.heads()]
+
     def padded_length(self) -> int | None:
         """The fixed length inputs are padded to, or None for per-batch padding."""
         return int(self.pad_to) if self.config.padding == "longest_train" else None
