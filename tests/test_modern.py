@@ -223,11 +223,11 @@ def test_the_model_says_each_parameters_role():
     assert tied["h.0.attn.c_proj.bias"] == "vector"
 
 
-def _newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+def _newton_schulz(g: torch.Tensor, dtype: torch.dtype, steps: int = 5) -> torch.Tensor:
     """Keller Jordan's reference orthogonalisation (github.com/KellerJordan/Muon, written here from its
-    equations): quintic iteration a X + (b A + c A^2) X, A = X X^T, in bf16 on the wide orientation."""
+    equations): quintic iteration a X + (b A + c A^2) X, A = X X^T, on the wide orientation (bf16 there)."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = g.bfloat16()
+    x = g.to(dtype)
     wide = x.shape[0] > x.shape[1]
     if wide:
         x = x.T
@@ -238,15 +238,17 @@ def _newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     return (x.T if wide else x).float()
 
 
-def test_muon_updates_matrices_by_newton_schulz_and_leaves_adamw_groups_to_adamw():
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_muon_updates_matrices_by_newton_schulz_and_leaves_adamw_groups_to_adamw(precision):
     from zoo import registry
-    from zoo.optimizers.muon import MuonConfig
+    from zoo.optimizers.muon import MuonConfig, MuonFP32
 
     torch.manual_seed(0)
     model = gpt2.GPT2(config(**OPTIONS["stack"], qkv_bias=True), 50)
-    cfg = MuonConfig(embedding_lr=0.05, head_lr=0.01, vector_lr=0.02, momentum=0.9)
+    cfg = MuonConfig(embedding_lr=0.05, head_lr=0.01, vector_lr=0.02, momentum=0.9, ns_precision=precision)
     opt, how = registry.build_optimizer(model, cfg, 0.02, torch.device("cpu"))
-    assert "Muon for matrix" in how
+    assert f"Muon for matrix, Newton-Schulz in {precision}" in how
+    assert type(opt.members[0]) is (MuonFP32 if precision == "fp32" else torch.optim.Muon)
     roles = model.parameter_roles()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     shadow = {n: torch.nn.Parameter(p.detach().clone()) for n, p in model.named_parameters() if roles[n] != "matrix"}
@@ -273,7 +275,8 @@ def test_muon_updates_matrices_by_newton_schulz_and_leaves_adamw_groups_to_adamw
             for g in (first[n], grads[n]):
                 buf = buf.lerp(g, 1 - 0.9)
                 scale = math.sqrt(max(1.0, p.shape[0] / p.shape[1]))
-                want -= 0.02 * scale * _newton_schulz(g.lerp(buf, 0.9))
+                want -= 0.02 * scale * _newton_schulz(g.lerp(buf, 0.9), getattr(torch, {"bf16": "bfloat16",
+                                                                                         "fp32": "float32"}[precision]))
             step_ours, step_ref = (p.detach() - before[n]).flatten(), (want - before[n]).flatten()  # the updates
             error = ((step_ours - step_ref).norm() / step_ref.norm()).item()
             cos = F.cosine_similarity(step_ours, step_ref, dim=0).item()
@@ -284,7 +287,7 @@ def test_a_muon_run_trains_resumes_bitwise_and_logs_each_roles_rate(zoo, gpt_rec
     sets = _sets(STACK + MUON + ["schedule.kind=constant"])  # the same rates whether it stops at 8 or 16
     whole = zoo("train", gpt_recipe, "--name", "whole", *sets)
     assert whole.code == 0, whole
-    assert "muon (Muon for matrix, AdamW foreach for the rest)" in whole.out
+    assert "muon (Muon for matrix, Newton-Schulz in fp32, AdamW foreach for the rest)" in whole.out
     assert zoo("train", gpt_recipe, "--name", "split", *sets, "--set", "train.max_steps=8").code == 0
     resumed = zoo("train", "runs/split", "--set", "train.max_steps=16")
     assert resumed.code == 0 and "resuming" in resumed.out, resumed
