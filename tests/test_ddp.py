@@ -115,13 +115,25 @@ def test_a_killed_worker_restarts_and_resumes_exactly(make_recipe, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_failing_rank_ends_the_job_with_its_error(make_recipe, tmp_path):
+def test_a_failing_rank_ends_the_job_with_one_line_naming_it(make_recipe, tmp_path):
     start = time.monotonic()
-    result = zoo_subprocess("train", make_recipe(), "--nproc-per-node", "2", cwd=tmp_path,
+    recipe = make_recipe()
+    result = zoo_subprocess("train", recipe, "--nproc-per-node", "2", "--set", "checkpoint.interval=2", cwd=tmp_path,
                             env={**ENV, "ZOO_FAULT": "raise@3:1"})
     assert result.returncode != 0
-    assert "injected fault at step 3 on rank 1" in result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("zoo: error: rank 1 failed (RuntimeError: injected fault at step 3 "
+                                                   "on rank 1; exit code 1)"), result.stderr
+    assert (f"resume with `zoo train {recipe} --name tiny --runs-dir runs --set checkpoint.interval=2 "
+            "--nproc-per-node 2`") in lines[0]
+    log = tmp_path / "runs" / "tiny" / "launch.log"
+    assert f"torchrun's full report: {log.relative_to(tmp_path)}" in lines[0]
+    assert "Traceback" in log.read_text() and "Traceback" not in result.stderr  # the detail is kept, not shown
     assert time.monotonic() - start < 90
+    killed = zoo_subprocess("train", recipe, "--nproc-per-node", "2", "--name", "killed", cwd=tmp_path,
+                            env={**ENV, "ZOO_FAULT": "crash@3:1"})
+    lines = [line for line in killed.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("zoo: error: rank 1 failed ("), killed.stderr
 
 
 @gloo_retry

@@ -128,3 +128,33 @@ def test_overrides_are_typed_and_saved_in_the_run(zoo, make_recipe, tmp_path):
 def test_bad_run_name_is_refused(zoo, make_recipe):
     result = zoo("train", make_recipe(), "--name", "../escape")
     assert result.code == 2 and "run name" in result.err
+
+
+def test_the_readme_field_table_names_every_field_and_choice():
+    """The README's `| section | fields |` table and the code's fields (what `zoo recipes --fields` prints)
+    agree: every field of each fixed section, and every choice of a field with a fixed set, is named."""
+    import dataclasses
+    import typing
+
+    from zoo import registry
+    from zoo.recipe import SECTIONS, Recipe
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip().strip("`[]"): line for line in readme.splitlines()
+            if line.startswith("| `[")}
+    classes = {n: typing.get_type_hints(Recipe)[n] for n in SECTIONS if n not in ("model", "task", "optim")}
+    classes["task"] = registry.TASKS["lm"].config
+    classes["optim"] = registry.OPTIMIZERS["adamw"].config
+    missing = []
+    for section, cls in classes.items():
+        row = rows[section]
+        for f in dataclasses.fields(cls):
+            if f.name in ("kind",) and section == "task":
+                continue
+            if f"`{f.name}`" not in row and f"`{f.name} " not in row:
+                missing.append(f"{section}.{f.name}")
+            hint = typing.get_type_hints(cls)[f.name]
+            if typing.get_origin(hint) is typing.Literal:
+                missing += [f"{section}.{f.name}={c}" for c in typing.get_args(hint)
+                            if isinstance(c, str) and f"`{c}`" not in row]
+    assert not missing, missing

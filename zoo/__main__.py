@@ -1,6 +1,6 @@
 """`python -m zoo` (what torchrun launches)."""
 
-from zoo.cli import main
+from zoo.cli import console
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(console())

@@ -55,23 +55,31 @@ class Base:
         if self.hub:
             gpt2.load_hf_weights(backbone, gpt2.hf_folder(self.spec))
             return self.spec
-        path, tensors, meta = Checkpointer(self.folder).load_weights(checkpoint)
-        load_model_tensors(backbone, tensors, meta.get("aliases", {}), str(path))
+        def fits(path: Path, tensors: dict, meta: dict) -> None:  # weights of another model: the next older one
+            load_model_tensors(backbone, tensors, meta.get("aliases", {}), str(path))
+
+        path, _, _ = Checkpointer(self.folder).load_weights(checkpoint, accept=fits)
         return f"{self.folder} ({path.name})"
 
 
 def resolve_base(spec: str) -> Base:
-    """A base model from `hf:...` or a run directory; a missing run, or a run that is not a language model,
-    is a one-line error."""
+    """A base model from `hf:...`, a run directory or a transformers folder (config.json and safetensors, as
+    `save_pretrained` writes it); anything else, or a run that is not a language model, is a one-line error
+    that names none of the commands' flags (sampling, evaluation and fine-tuning all come here)."""
     if not spec:
         raise ZooError("no base model given; name a language-model run (runs/NAME) or hf:gpt2 / hf:PATH")
     if spec.startswith("hf:"):
         folder = Path(spec.removeprefix("hf:")).expanduser()
         return Base(spec, True, folder)
     folder = Path(spec)
+    if folder.is_dir() and not (folder / "recipe.toml").is_file():
+        if (folder / "config.json").is_file():  # Hugging Face weights, as save_pretrained writes them
+            return Base(f"hf:{spec}", True, folder)
+        raise ZooError(f"{spec} is a folder but neither a zoo run (no recipe.toml) nor Hugging Face weights (no "
+                       "config.json); name a run directory (runs/NAME), a transformers folder or hf:gpt2")
     if not (folder / "recipe.toml").is_file():
-        raise ZooError(f"base run {spec} does not exist (no {folder / 'recipe.toml'}); train one with `zoo train`, "
-                       "or use --base hf:gpt2")
+        raise ZooError(f"{spec} does not exist; name a run directory (runs/NAME, trained with `zoo train`), a "
+                       "transformers folder (config.json + model.safetensors) or hf:gpt2")
     base = Base(spec, False, folder)
     try:
         kind = base._recipe().get("task", {}).get("kind", "lm")

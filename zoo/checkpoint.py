@@ -267,7 +267,9 @@ class Checkpointer:
         """The checkpoints a user can name, for messages."""
         names = [p.name for p in self.complete()]
         if not names:
-            return "it has none yet"
+            odd = self.unexplained()
+            return (f"its step folders ({', '.join(p.name for p in odd[-3:])}) have no meta.json, so none is complete"
+                    if odd else "it has none yet")
         shown = ", ".join(names[-6:])
         return f"it has {shown}" + (" and best" if self.best() else "")
 
@@ -283,31 +285,51 @@ class Checkpointer:
             raise CheckpointError(f"{self.root.parent} has no {which} checkpoint ({self.available()})")
         return path
 
-    def load_weights(self, which: str, note: Callable[[str], None] = warn
+    def _best_problem(self) -> str:
+        """Why `best` names no usable checkpoint: never written (no evaluation yet), or what is wrong with it."""
+        pointer = self.root / "best"
+        if not pointer.exists() and not pointer.is_symlink():
+            return "no evaluation has chosen a best checkpoint yet"
+        try:
+            name = pointer.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            return "its ckpt/best pointer cannot be read"
+        if not STEP_DIR.match(name):
+            return f"its ckpt/best pointer names {name[:40]!r}, not a step folder"
+        if not (self.root / name).is_dir():
+            return f"its ckpt/best pointer names {name}, which is gone"
+        return f"its ckpt/best pointer names {name}, which has no meta.json (incomplete)"
+
+    def load_weights(self, which: str, note: Callable[[str], None] = warn,
+                     accept: Callable[[Path, dict[str, torch.Tensor], dict[str, Any]], None] | None = None
                      ) -> tuple[Path, dict[str, torch.Tensor], dict[str, Any]]:
         """(folder, tensors, meta) for `best`, `latest` or `step-N`. `best` falls back to the newest complete
-        checkpoint where the run has no best; a checkpoint that cannot be read falls back to the next older
-        readable one, each with one `note` line. A named step-N never falls back."""
+        checkpoint where the run has no usable best (saying why); a checkpoint that cannot be read, or whose
+        weights `accept` refuses (a CheckpointError: e.g. they do not fit the model), falls back to the next
+        older one, each with one `note` line. A named step-N never falls back."""
         if which == "best" and self.best() is None and self.latest() is not None:
-            note(f"{self.root.parent} has no best checkpoint (no evaluation yet); using the latest, "
-                 f"{self.latest().name}")
+            note(f"{self.root.parent}: {self._best_problem()}; using the latest checkpoint, {self.latest().name}")
             which = "latest"
         first = self.resolve(which)
         if STEP_DIR.match(which):
             tensors, meta = read_weights(first)
+            if accept is not None:
+                accept(first, tensors, meta)
             return first, tensors, meta
         candidates = [first] + [p for p in reversed(self.complete()) if p != first and _step_of(p) < _step_of(first)]
         problems = []
         for path in candidates:
             try:
                 tensors, meta = read_weights(path)
+                if accept is not None:
+                    accept(path, tensors, meta)
             except CheckpointError as exc:
                 problems.append(str(exc))
                 continue
             if problems:
-                note(f"skipped {len(problems)} unreadable checkpoint(s) ({problems[0]}); using {path.name}")
+                note(f"skipped {len(problems)} checkpoint(s) that cannot be used ({problems[0]}); using {path.name}")
             return path, tensors, meta
-        raise CheckpointError(f"no readable {which} checkpoint in {self.root.parent}: {problems[0]}")
+        raise CheckpointError(f"no usable {which} checkpoint in {self.root.parent}: {problems[0]}")
 
     # -------------------------------------------------------------------------------------- writing
     def save(self, step: int, model: nn.Module, state: dict[str, Any], meta: dict[str, Any],
@@ -339,13 +361,32 @@ class Checkpointer:
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             kept = f"the previous checkpoint {previous.name} is intact" if previous else "no checkpoint was written"
-            raise CheckpointError(f"could not save checkpoint {final.name} ({describe(exc)}); {kept}; fix that "
+            raise CheckpointError(f"could not save checkpoint {final} ({describe(exc)}); {kept}; fix that "
                                   "(e.g. free disk space) and run the same command to resume") from None
-        write_atomic(self.root / "latest", final.name)
-        if best:
-            write_atomic(self.root / "best", final.name)
+        for name in ("latest", "best") if best else ("latest",):
+            self._clear_pointer(name)
+            write_atomic(self.root / name, final.name)
         self.prune(final)
         return final
+
+    def _clear_pointer(self, name: str) -> None:
+        """A pointer path that is not a file (a directory, say) cannot be replaced by a rename: move it aside as
+        ckpt/unreadable-NAME (kept, not deleted), with one warning; the checkpoints are found by a scan anyway."""
+        path = self.root / name
+        if not path.exists() and not path.is_symlink() or path.is_file():
+            return
+        target = self.root / f"unreadable-{name}"
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.root / f"unreadable-{name}-{n}"
+        try:
+            os.replace(path, target)
+        except OSError as exc:
+            raise CheckpointError(f"{path} is not a pointer file and cannot be moved aside ({describe(exc)}); "
+                                  "remove it and run the same command again") from None
+        warn(f"{path} was not a pointer file (a {'folder' if target.is_dir() else 'special file'}); moved it to "
+             f"ckpt/{target.name}; the next checkpoint writes a new pointer")
 
     def prune(self, newest: Path) -> None:
         """Delete complete checkpoints older than `newest` (just written) beyond the newest `keep_last` and
@@ -369,6 +410,8 @@ class Checkpointer:
         done = []
         if not self.root.is_dir():
             return done
+        for name in ("latest", "best"):
+            self._clear_pointer(name)
         for path in sorted(self.root.iterdir()):
             name = path.name
             if ".old-" in name and path.is_dir():

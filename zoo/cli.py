@@ -28,7 +28,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             argv += ["--set", item]
         if args.restart:
             argv.append("--restart")
-        return dist.launch(args.nproc_per_node, argv, args.max_restarts)
+        return dist.launch(args.nproc_per_node, argv, args.max_restarts, Path(runs_dir) / name)
     result = train(recipe, Path(runs_dir) / name, restart=args.restart)
     return 128 + result.signal if result.signal else 0
 
@@ -194,10 +194,13 @@ def _cmd_classify(args: argparse.Namespace) -> int:
                            "with one message a line") from None
         except OSError as exc:
             raise ZooError(f"cannot read {path} ({exc.strerror})") from None
+        if not texts:
+            raise ZooError(f"file {path} has no lines to classify (it is empty or blank); give one message a line")
     elif args.text:
         texts = [args.text]
     else:
         raise ZooError("give a text to classify, or --file with one message a line")
+    _check_characters(run.tokenizer, texts)
     out = predict(run.model, run.tokenizer, texts, device)
     for text, (label, prob) in zip(texts, out, strict=True):
         print(f"{label} {prob:.2f}" if not args.file else f"{label}\t{prob:.4f}\t{text}")
@@ -236,6 +239,26 @@ def _check_plot_args(args: argparse.Namespace) -> None:
     if not 0 <= args.smooth < 1:
         raise ZooError(f"--smooth {args.smooth} must be in [0, 1) (0 = off; TensorBoard's 0.6-0.99)")
     _target(args.target_loss)
+
+
+def _check_characters(tokenizer, texts: list[str]) -> None:
+    """A character vocabulary reads characters it lacks as its fallback (training needs that): a text made only
+    of such characters is refused, as `zoo sample` refuses them; one with a few is read with a warning."""
+    if tokenizer.kind != "char":
+        return
+    unknown = [(i, tokenizer.unknown(t)) for i, t in enumerate(texts)]
+    unknown = [(i, m) for i, m in unknown if m]
+    if not unknown:
+        return
+    chars = sorted({c for _, m in unknown for c in m})
+    shown = ", ".join(repr(c) for c in chars[:8]) + (" ..." if len(chars) > 8 else "")
+    hopeless = [i for i, _ in unknown if not texts[i].strip() or all(c in chars for c in texts[i])]
+    if hopeless:
+        raise ZooError(f"{'text' if len(texts) == 1 else f'line {hopeless[0] + 1}'} has no character the run's "
+                       f"vocabulary knows ({shown}); it was trained on {tokenizer.vocab_size} characters")
+    what = "the text" if len(texts) == 1 else f"{len(unknown)} of the {len(texts)} lines"
+    print(f"zoo: warning: {what} has characters the run's vocabulary lacks ({shown}); they are read as "
+          f"{tokenizer.fallback!r}", file=sys.stderr)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -448,8 +471,21 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ZooError(f"--device {args.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
 
 
+def console() -> int:
+    """The `zoo` command and `python -m zoo`: `main`, then signals are ignored while the interpreter shuts down,
+    so a Ctrl-C pressed twice (or a SIGTERM) just as a run stops cannot interrupt an exit handler and print a
+    traceback: the run already said in one line how it ended, and its checkpoint is saved."""
+    import signal
+
+    try:
+        return main()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `zoo` console script. User errors print one line and return 2. Under torchrun,
+    """The commands (tests call this in-process). User errors print one line and return 2. Under torchrun,
     its error recording is on, so a failing rank's traceback reaches the launcher's summary."""
     if "TORCHELASTIC_RUN_ID" in os.environ:
         from zoo.dist import die_with_parent, record

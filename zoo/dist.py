@@ -121,13 +121,35 @@ def gather_objects(obj, env: DistEnv) -> list:
     return out
 
 
-def launch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
-    """Run `python -m zoo ARGV` under torchrun's launcher with `nproc` processes on this machine."""
+def launch(nproc: int, argv: list[str], max_restarts: int = 0, run_dir: str | os.PathLike | None = None) -> int:
+    """Run `python -m zoo ARGV` under torchrun's launcher with `nproc` processes on this machine. The workers'
+    progress (stdout) passes through; their stderr and torchrun's own reports go to a log file (`launch.log` in
+    the run directory), and only zoo's own lines (`zoo: ...`, a stop notice) reach the terminal, once each. A
+    failed job ends with one `zoo:` line: the failed rank, why, and the command that resumes it."""
+    import tempfile
+    import threading
+
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            f"--max-restarts={max_restarts}", "-m", "zoo", *argv]
+    log = tempfile.NamedTemporaryFile("w+", encoding="utf-8", prefix="zoo-launch-", suffix=".log", delete=False)
     # if this process is killed outright (kill -9), torchrun gets SIGTERM and takes its workers down with it
-    child = subprocess.Popen(cmd, preexec_fn=lambda: die_with_parent(signal.SIGTERM))
+    child = subprocess.Popen(cmd, preexec_fn=lambda: die_with_parent(signal.SIGTERM), stderr=subprocess.PIPE,
+                             text=True, errors="replace", bufsize=1)
     received: list[int] = []
+    shown: set[str] = set()
+    lines: list[str] = []
+
+    def relay() -> None:  # torchrun's and the workers' stderr: all to the log, zoo's own lines to the terminal
+        for line in child.stderr:
+            log.write(line)
+            lines.append(line)
+            if line.startswith(("zoo:", "SIGINT:", "SIGTERM:")) and line not in shown:
+                shown.add(line)
+                sys.stderr.write(line)
+                sys.stderr.flush()
+
+    reader = threading.Thread(target=relay, daemon=True)
+    reader.start()
 
     def forward(signum, frame):  # Ctrl-C / SIGTERM reach the workers through torchrun: they checkpoint and stop
         received.append(signum)
@@ -136,10 +158,62 @@ def launch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         code = child.wait()
-        return 128 + received[0] if received else code
+        reader.join()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        log.close()
+    where = _keep_log(log.name, run_dir)
+    if received:
+        return 128 + received[0]
+    if code != 0:
+        resume = " ".join(["zoo", *argv, f"--nproc-per-node {nproc}"])
+        already = any(line.startswith("zoo: error:") for line in shown)
+        print(f"zoo: error: {failure(lines)}; the other ranks were stopped and the checkpoints written so far are "
+              f"intact: fix {'that' if already else 'the cause'} and resume with `{resume}` (torchrun's full report: "
+              f"{where})", file=sys.stderr, flush=True)
+    return code
+
+
+def _keep_log(path: str, run_dir: str | os.PathLike | None) -> str:
+    """Append a launch's log to the run directory's launch.log (if the run directory exists), else keep it where
+    it is; returns where it is."""
+    import shutil
+    from pathlib import Path
+
+    target = Path(run_dir) / "launch.log" if run_dir is not None else None
+    if target is None or not target.parent.is_dir():
+        return path
+    try:
+        with open(target, "a", encoding="utf-8") as out, open(path, encoding="utf-8") as src:
+            shutil.copyfileobj(src, out)
+        os.unlink(path)
+    except OSError:
+        return path
+    return str(target)
+
+
+def failure(lines: list[str]) -> str:
+    """Which rank failed and why, from torchrun's report (its "Root Cause" block) and the workers' stderr."""
+    import re
+
+    text = "".join(lines)
+    root = text[text.find("Root Cause"):] if "Root Cause" in text else ""
+    rank = re.search(r"rank\s*:\s*(\d+)", root)
+    code = re.search(r"exitcode\s*:\s*(-?\d+)", root)
+    cause = ""
+    if code and int(code.group(1)) < 0:
+        cause = f"killed by {signal.Signals(-int(code.group(1))).name}"
+    elif "traceback :" in root:
+        trace = [ln.strip() for ln in root.split("traceback :", 1)[1].splitlines() if ln.strip()]
+        trace = [ln for ln in trace if not ln.startswith(("=", "-"))]
+        cause = trace[-1][:200] if trace else ""
+    if not cause:
+        errors = [ln.strip() for ln in lines if ln.startswith("zoo: error:")]
+        cause = errors[-1].removeprefix("zoo: error: ")[:200] if errors else "see the report"
+    exit_code = f"; exit code {code.group(1)}" if code else ""
+    who = f"rank {rank.group(1)}" if rank else "a worker"
+    return f"{who} failed ({cause}{exit_code})"
 
 
 def die_with_parent(signum: int = signal.SIGKILL) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from zoo.models.base import eval_mode
+
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                 generator: torch.Generator | None = None) -> torch.Tensor:
@@ -35,10 +37,8 @@ def generate(model: nn.Module, prompt: list[int], max_new_tokens: int, temperatu
     and, when the context window fills, start a fresh cache on the last half window."""
     if not prompt:
         raise ValueError("generation needs a prompt of at least one token")
-    was_training = model.training
-    model.eval()
-    out: list[int] = []
-    try:
+    with eval_mode(model):
+        out: list[int] = []
         context = list(prompt)
         window = model.max_seq_len
         if window is not None:
@@ -57,6 +57,4 @@ def generate(model: nn.Module, prompt: list[int], max_new_tokens: int, temperatu
                                       model.init_state(1, device))
             else:
                 hidden, state = model(torch.tensor([[nxt]], dtype=torch.long, device=device), state)
-    finally:
-        model.train(was_training)
     return out

@@ -146,12 +146,14 @@ def mark_diverged(run_dir: Path, info: dict[str, Any]) -> None:
         pass  # the stop message says what to do either way
 
 
-def set_aside(run_dir: Path) -> Path | None:
-    """--restart: move a run's checkpoints, events, summary and recipe into run_dir/abandoned-<time>/ (nothing
-    is deleted); returns that folder, or None if there was nothing to move."""
+ABANDONABLE = ("ckpt", "tb", "summary.json", "recipe.toml", "tokenizer.json", HISTORY, DIVERGED)
+
+
+def set_aside(run_dir: Path, names: tuple[str, ...] = ABANDONABLE) -> Path | None:
+    """--restart: move a run's checkpoints, events, summary and recipe (or the `names` given) into
+    run_dir/abandoned-<time>/ (nothing is deleted); returns that folder, or None if there was nothing to move."""
     import time
 
-    names = ["ckpt", "tb", "summary.json", "recipe.toml", "tokenizer.json", HISTORY, DIVERGED]
     present = [run_dir / n for n in names if (run_dir / n).exists()]
     if not present:
         return None
@@ -191,17 +193,21 @@ class LoadedRun:
 def load_run(run_dir: str | Path, which: str = "best", device: torch.device | str = "cpu",
              overrides: list[str] | None = None) -> LoadedRun:
     """Rebuild the model of `run_dir` and load the `best` (the default; the latest where there is no best),
-    `latest` or `step-N` checkpoint into it; an unreadable best/latest falls back to the newest readable one
-    with a warning. Only the weights are read, not the optimizer state. `overrides` (`section.key=value`)
-    change the run's recipe first, e.g. `model.impl=scratch`."""
+    `latest` or `step-N` checkpoint into it; a best/latest that cannot be read, or whose weights do not fit the
+    model, falls back to the newest one that does, with a warning (as `zoo train` does). Only the weights are
+    read, not the optimizer state. `overrides` (`section.key=value`) change the run's recipe first, e.g.
+    `model.impl=scratch`."""
     run_dir = Path(run_dir)
     if not (run_dir / "recipe.toml").is_file():
         raise CheckpointError(f"{run_dir} is not a zoo run (no recipe.toml); train one with `zoo train`")
     recipe = recipe_with_overrides(read_toml(run_dir / "recipe.toml"), overrides or [], str(run_dir / "recipe.toml"))
     tokenizer = load_tokenizer(run_dir / "tokenizer.json")
-    path, tensors, meta = Checkpointer(run_dir).load_weights(which)
     model = registry.build_trainable(recipe, tokenizer.vocab_size, torch.device(device))
-    load_model_tensors(model, tensors, meta.get("aliases", {}), str(path))
+
+    def fits(path: Path, tensors: dict, meta: dict) -> None:  # weights of another model: fall back past them
+        load_model_tensors(model, tensors, meta.get("aliases", {}), str(path))
+
+    path, tensors, meta = Checkpointer(run_dir).load_weights(which, accept=fits)
     model.to(device).eval()
     return LoadedRun(run_dir, recipe, tokenizer, model, path, meta)
 
@@ -216,7 +222,12 @@ def load_base_model(spec: str, device: torch.device | str = "cpu", which: str = 
     if not base.hub:
         run = load_run(base.folder, which, device)
         return run.model, run.tokenizer, run.recipe, f"{run.run_dir} ({run.checkpoint.name})"
-    return from_hf(spec).to(device).eval(), base.tokenizer(), None, spec
+    model, tokenizer = from_hf(base.spec), base.tokenizer()
+    if model.vocab_size != tokenizer.vocab_size:
+        raise CheckpointError(f"{spec} holds a GPT-2 with {model.vocab_size:,} token ids, not the "
+                              f"{tokenizer.vocab_size:,} of GPT-2's BPE tokenizer that Hugging Face weights are read "
+                              "with; for a model with its own vocabulary, use its zoo run directory")
+    return model.to(device).eval(), tokenizer, None, spec
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:

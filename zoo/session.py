@@ -199,6 +199,11 @@ def open_session(recipe: Recipe, run_dir: Path, env: dist.DistEnv, device: torch
 
     resumed_from, skipped = state.resume(ckpt)
     changes = ""
+    if main and resumed_from is None and (moved := set_aside(run_dir, ("tb", "summary.json"))) is not None:
+        # a fresh start where an earlier one left events or a summary but no checkpoint: they are set aside, so
+        # TensorBoard shows one curve and summary.json describes this run
+        print(f"{run_dir} has no checkpoint to resume but an earlier start's events or summary: moved them to "
+              f"{moved} and starting from step 0", flush=True)
     if main:
         for path, problem in skipped:
             moved = ckpt.quarantine(path)

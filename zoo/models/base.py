@@ -15,6 +15,9 @@ finds them.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -88,6 +91,17 @@ class Backbone(Trainable):
         """Parameters from input to output (one list per layer) and those after the last layer (a final
         norm), for freezing policies."""
         raise NotImplementedError(f"{type(self).__name__} does not say how its layers are grouped")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Evaluation mode (dropout off) inside the block, then back to the mode the model was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def detach_state(state: State) -> State:

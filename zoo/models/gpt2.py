@@ -490,9 +490,12 @@ def load_hf_weights(model: GPT2, folder: Path) -> None:
 
 
 def from_hf(spec: str, base: GPT2Config | None = None) -> GPT2:
-    """A GPT-2 with weights from `hf:gpt2` or `hf:PATH` (OpenAI's models are tied)."""
+    """A GPT-2 with weights from `hf:gpt2` or `hf:PATH`, tied or untied as its config.json says."""
     folder = hf_folder(spec)
-    base = base or GPT2Config(tie_weights=True)
+    if base is None:  # tied or not as the folder says (OpenAI's are tied; zoo's exports may be untied)
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8")) if (folder / "config.json").is_file() \
+            else {}
+        base = GPT2Config(tie_weights=bool(cfg.get("tie_word_embeddings", True)))
     model = GPT2(hf_config(folder, base), 0)
     load_hf_weights(model, folder)
     return model

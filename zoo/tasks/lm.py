@@ -26,7 +26,7 @@ from torch import nn
 from zoo.config import Section, doc
 from zoo.data import TokenSplits, load_splits
 from zoo.errors import DataError
-from zoo.models.base import Backbone, State
+from zoo.models.base import Backbone, State, eval_mode
 from zoo.specs import TaskSpec
 from zoo.tasks.base import Batch, MicroBatchPlan, Task, summarize
 
@@ -180,11 +180,9 @@ class LMTask(Task):
         """Summed next-token loss (nats) and token count over this rank's share (stream rows or windows) of
         the fixed slice of `split`; the sums add up across ranks to one process's, and `metrics` turns them
         into loss, perplexity and bits per token."""
-        was_training = model.training
-        model.eval()
-        ids = self.eval_tokens(split)
-        total, count = 0.0, 0
-        try:
+        with eval_mode(model):
+            ids = self.eval_tokens(split)
+            total, count = 0.0, 0
             for i, (x, y, state_carry) in enumerate(self._eval_batches(ids, model, rank, world_size)):
                 if state_carry is None and i % world_size != rank:
                     continue
@@ -196,8 +194,6 @@ class LMTask(Task):
                 total += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.to(device).reshape(-1),
                                          reduction="sum").item()
                 count += y.numel()
-        finally:
-            model.train(was_training)
         return {"loss_sum": total, "tokens": count}
 
     def _eval_batches(self, ids: np.ndarray, model: nn.Module, rank: int = 0, world_size: int = 1):

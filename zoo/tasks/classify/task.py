@@ -1,0 +1,146 @@
+"""The classification task: padded batches of shuffled examples each epoch, cross-entropy on the head,
+evaluation sums and the per-example predictions of `zoo eval --predictions`."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.errors import DataError
+from zoo.models.base import eval_mode
+from zoo.tasks.base import Batch, MicroBatchPlan, Task
+from zoo.tasks.classify.config import ClassifyTaskConfig
+from zoo.tasks.classify.data import Examples
+from zoo.tasks.classify.head import Classifier
+from zoo.tasks.classify.metrics import metrics_for
+from zoo.tokenizers import EOT
+
+
+def pad_id_for(tokenizer_kind: str) -> int:
+    """The id padding uses: GPT-2's <|endoftext|> (as the book and GPT2ForSequenceClassification do), else 0.
+    With last-token pooling padding never reaches the head."""
+    return EOT if tokenizer_kind == "gpt2" else 0
+
+
+def pad(examples: list[tuple[list[int], int]], pad_id: int,
+        length: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest example, or to `length`: ids [B, T], labels [B], lengths [B]."""
+    longest = length or max(len(ids) for ids, _ in examples)
+    x = torch.full((len(examples), longest), pad_id, dtype=torch.long)
+    for i, (ids, _) in enumerate(examples):
+        x[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    y = torch.tensor([label for _, label in examples], dtype=torch.long)
+    lengths = torch.tensor([len(ids) for ids, _ in examples], dtype=torch.long)
+    return x, y, lengths
+
+
+class ClassifyTask(Task):
+    """Shuffled padded examples each epoch (a permutation seeded by the epoch), cross-entropy on the head."""
+
+    unit = "examples"
+    reports_val_at_end = True
+
+    def __init__(self, config: ClassifyTaskConfig, data: Examples, *, batch_size: int, seed: int, pad_id: int,
+                 eval_batch_size: int, model: Classifier):
+        self.config, self.data, self.batch_size, self.seed = config, data, batch_size, seed
+        self.pad_id, self.eval_batch_size = pad_id, eval_batch_size
+        if config.padding == "longest_train" and not model.padded_length():
+            # a fresh model: the book pads every message to the longest training message (a loaded model
+            # brings the length it was trained with)
+            model.pad_to.fill_(max(len(model.fit(ids)) for ids, _ in data.train))
+        self.pad_to = model.padded_length()
+        for split in ("train", "val", "test"):
+            data[split][:] = [(model.fit(ids), label) for ids, label in data[split]]
+        if len(data.train) < batch_size:
+            raise DataError(f"the train split has {len(data.train)} examples, fewer than train.batch_size "
+                            f"({batch_size}); lower it or use more data")
+
+    def steps_per_epoch(self) -> int:
+        return len(self.data.train) // self.batch_size
+
+    def items_per_step(self) -> int:
+        return self.batch_size
+
+    def chance_loss(self) -> float:
+        """The loss of a uniform guess over the classes (nats per example)."""
+        return math.log(len(self.config.labels))
+
+    def micro_batches(self, step: int, plan: MicroBatchPlan) -> list[Batch]:
+        epoch, i = divmod(step, self.steps_per_epoch())
+        order = torch.randperm(len(self.data.train), generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
+        chosen = order[i * self.batch_size:(i + 1) * self.batch_size].tolist()
+        out = []
+        for m in plan.mine:
+            part = [self.data.train[j] for j in chosen[plan.rows(m)]]
+            x, y, lengths = pad(part, self.pad_id, self.pad_to)
+            out.append(Batch(x, y, slot=m, reset=True, lengths=lengths))
+        return out
+
+    def loss(self, model: nn.Module, batch: Batch, state) -> tuple[torch.Tensor, None]:
+        return F.cross_entropy(model(batch.x, batch.lengths).float(), batch.y), None
+
+    def metrics(self, sums: dict[str, float]) -> dict:
+        return metrics_for(self.config.labels, self.config.positive, sums)
+
+    def scalars(self, split: str, metrics: dict) -> dict[str, float]:
+        return {f"acc/{split}": metrics["accuracy"]}
+
+    def summary(self, split: str, metrics: dict, which: str) -> dict:
+        return {f"{'final_' if which == 'final' else ''}{split}_metrics": metrics}
+
+    def report(self, split: str, metrics: dict) -> str:
+        return (f"{split} accuracy {metrics['accuracy']:.4f} (precision {metrics['precision']:.4f}, recall "
+                f"{metrics['recall']:.4f}, F1 {metrics['f1']:.4f})")
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str, device: torch.device,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                 rank: int = 0, world_size: int = 1) -> dict[str, float]:
+        """Summed loss and confusion-matrix counts over this rank's share of the split."""
+        with eval_mode(model):
+            k = len(self.config.labels)
+            sums = {"loss_sum": 0.0, "count": 0, **{f"cm_{a}_{b}": 0 for a in range(k) for b in range(k)}}
+            examples = self.data[split]
+            for n, start in enumerate(range(0, len(examples), self.eval_batch_size)):
+                if n % world_size != rank:
+                    continue
+                x, y, lengths = pad(examples[start:start + self.eval_batch_size], self.pad_id, self.pad_to)
+                with autocast():
+                    logits = model(x.to(device), lengths.to(device)).float()
+                sums["loss_sum"] += F.cross_entropy(logits, y.to(device), reduction="sum").item()
+                sums["count"] += len(y)
+                for truth, pred in zip(y.tolist(), logits.argmax(-1).tolist(), strict=True):
+                    sums[f"cm_{truth}_{pred}"] += 1
+        return sums
+
+
+    @torch.no_grad()
+    def predictions(self, model: nn.Module, split: str, device: torch.device,
+                    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> list[dict]:
+        """Every example of a split with its text, where it came from, true label, predicted label and the
+        predicted label's probability (batched and padded as in evaluation)."""
+        with eval_mode(model):
+            labels, rows = self.config.labels, []
+            examples, sources = self.data[split], (self.data.sources or {}).get(split)
+            for start in range(0, len(examples), self.eval_batch_size):
+                x, y, lengths = pad(examples[start:start + self.eval_batch_size], self.pad_id, self.pad_to)
+                with autocast():
+                    probs = model(x.to(device), lengths.to(device)).float().softmax(-1).cpu()
+                for k, (truth, p) in enumerate(zip(y.tolist(), probs, strict=True)):
+                    text, where = sources[start + k] if sources else ("", "")
+                    rows.append({"where": where, "text": text, "label": labels[truth],
+                                 "predicted": labels[int(p.argmax())], "probability": float(p.max())})
+        return rows
+
+
+
+def build(config: ClassifyTaskConfig, recipe, tokenizer, data: Examples, model: Classifier,
+          plan: MicroBatchPlan) -> ClassifyTask:
+    return ClassifyTask(config, data, batch_size=recipe.train.batch_size,
+                        seed=recipe.data.order_seed(recipe.run.seed), pad_id=pad_id_for(recipe.data.tokenizer),
+                        eval_batch_size=recipe.eval.batch_size, model=model)
