@@ -206,7 +206,7 @@ def race(args, device: torch.device) -> dict:
             free(device)
     target = out["gpt2"]["final_val_loss"]
     for r in out.values():
-        hit = next(((s, v) for s, v in r["val"] if v <= target), None)
+        hit = next(((s, v) for s, v in r["val"] if v <= target * (1 + 1e-6)), None)  # TensorBoard keeps float32
         r["reached_step"] = hit[0] if hit else None
         r["reached_seconds"] = r["clock"].get(hit[0]) if hit else None
         r["reached_tokens"] = hit[0] * r["tokens_per_step"] if hit else None

@@ -4,6 +4,7 @@ a failing rank ends the job."""
 from __future__ import annotations
 
 import functools
+import subprocess
 import time
 
 import numpy as np
@@ -22,6 +23,20 @@ ENV = {"ZOO_DIST_TIMEOUT": "60", "OMP_NUM_THREADS": "1"}
 # runs once more in a fresh directory; any other failure, and every assertion on results, stays strict.
 GLOO_ABORT = "terminate called without an active exception"
 
+
+
+def one_process(*args, cwd, env=None) -> subprocess.CompletedProcess:
+    """`zoo ARGS` in this process, in `cwd`: a single-process reference run needs no process of its own (the
+    worker count, not the thread count, is what these tests compare)."""
+    import contextlib
+    import io
+
+    from zoo import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main([str(a) for a in args])
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def plan(task, micro: int, world: int = 1, rank: int = 0) -> MicroBatchPlan:
@@ -65,7 +80,7 @@ def test_two_processes_equal_one(make_recipe, tmp_path, model):
                   "--set", "run.precision=fp32", "--set", "eval.max_tokens=1000", "--set", "eval.batch_size=4"]
     else:
         recipe = make_recipe()
-    one = zoo_subprocess("train", recipe, "--name", "one", *extra, cwd=tmp_path, env=ENV)
+    one = one_process("train", recipe, "--name", "one", *extra, cwd=tmp_path)
     assert one.returncode == 0, one.stderr
     two = zoo_subprocess("train", recipe, "--name", "two", "--nproc-per-node", "2", *extra, cwd=tmp_path, env=ENV)
     assert two.returncode == 0, two.stdout + two.stderr
@@ -142,7 +157,7 @@ def test_recurrent_run_refuses_another_world_size(make_recipe, tmp_path):
     two = zoo_subprocess("train", recipe, "--nproc-per-node", "2", "--set", "train.max_steps=10", cwd=tmp_path,
                          env=ENV)
     assert two.returncode == 0, two.stderr
-    one = zoo_subprocess("train", recipe, cwd=tmp_path, env=ENV)
+    one = one_process("train", recipe, cwd=tmp_path)
     assert one.returncode == 2 and "resumes only with the same number (not 1)" in one.stderr
 
 
@@ -185,9 +200,9 @@ def test_attention_run_resumes_on_another_world_size(make_recipe, tmp_path):
     two = zoo_subprocess("train", recipe, "--name", "g", "--nproc-per-node", "2", *toy, "--set", "train.max_steps=4",
                          cwd=tmp_path, env=ENV)
     assert two.returncode == 0, two.stderr
-    one = zoo_subprocess("train", recipe, "--name", "g", *toy, "--set", "train.max_steps=8", cwd=tmp_path, env=ENV)
+    one = one_process("train", recipe, "--name", "g", *toy, "--set", "train.max_steps=8", cwd=tmp_path)
     assert one.returncode == 0 and "resuming" in one.stdout, one.stderr
-    whole = zoo_subprocess("train", recipe, "--name", "w", *toy, "--set", "train.max_steps=8", cwd=tmp_path, env=ENV)
+    whole = one_process("train", recipe, "--name", "w", *toy, "--set", "train.max_steps=8", cwd=tmp_path)
     assert whole.returncode == 0
     _close(final_weights(tmp_path / "runs" / "g"), final_weights(tmp_path / "runs" / "w"))
 
@@ -248,7 +263,7 @@ def test_two_nodes_with_c10d_rendezvous_equal_one_process_and_survive_a_lost_nod
 
     recipe = make_recipe()
     args = ["--set", "checkpoint.interval=5", "--set", "eval.interval=0", "--set", "model.dropout=0.0"]
-    one = zoo_subprocess("train", recipe, "--name", "one", *args, cwd=tmp_path, env=ENV)
+    one = one_process("train", recipe, "--name", "one", *args, cwd=tmp_path)
     assert one.returncode == 0, one.stderr
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -274,13 +289,13 @@ def test_two_processes_fine_tune_a_classifier_as_one_does(make_recipe, tmp_path)
     import sys
 
     recipe = make_recipe()
-    base = zoo_subprocess("train", recipe, "--name", "base", "--set", "model.hidden_size=16", "--set",
-                          "train.max_steps=10", cwd=tmp_path, env=ENV)
+    base = one_process("train", recipe, "--name", "base", "--set", "model.hidden_size=16", "--set",
+                       "train.max_steps=10", cwd=tmp_path)
     assert base.returncode == 0, base.stderr
     args = ["finetune-classifier", "--base", "runs/base", "--set", "train.epochs=0", "--set", "train.max_steps=6",
             "--set", "eval.interval=3", "--set", "task.max_length=64", "--set", "train.micro_batch_size=4",
             "--set", "task.trainable=all", "--set", "model.dropout=0.0"]  # each rank draws its own dropout
-    one = zoo_subprocess(*args, "--name", "one", cwd=tmp_path, env=ENV)
+    one = one_process(*args, "--name", "one", cwd=tmp_path)
     assert one.returncode == 0, one.stderr
     import subprocess
 

@@ -214,11 +214,20 @@ def test_the_gpu_benchmark_runs_its_cpu_smoke_test(tmp_path):
 
     out = tmp_path / "bench.json"
     env = {**__import__("os").environ, "ZOO_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_train.py"), "--models", "124M",
-                           "--steps", "5", "--warmup", "2", "--json", str(out)], capture_output=True, text=True,
-                          timeout=600, env=env)
+    data = tmp_path / "fineweb"  # the sample's 200 validation documents: enough for a smoke test, quick to tokenise
+    data.mkdir()
+    (data / "docs.parquet").symlink_to(FINEWEB / "validation.parquet")
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_train.py"), "--data", str(data),
+                           "--models", "163M",
+                           "--steps", "5", "--warmup", "2", "--modern", "--race", "4", "--eval-tokens", "2049",
+                           "--json", str(out)],
+                          capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(out.read_text())["results"][0]
+    report = json.loads(out.read_text())
+    result = report["results"][0]
+    assert report["modern"]["tokens_per_s"] > 0 and report["modern"]["vs_gpt2_recipe"] > 0
+    assert {"gpt2", "modern", "target"} <= report["race"].keys() and report["race"]["gpt2"]["reached_step"] <= 4
+    assert "modern recipe (" in proc.stdout and "race over 4 steps" in proc.stdout
     assert result["zoo_tokens_per_s"] > 0 and result["ref_tokens_per_s"] > 0 and result["ratio"] > 0
     # the trainer's own TensorBoard rate agrees with the outside measurement of the same steps
     assert abs(result["zoo_tb_tokens_per_s"] / result["zoo_tokens_per_s"] - 1) < 0.5

@@ -15,7 +15,7 @@ import torch
 
 from zoo.tasks.lm import LMTask
 
-from .conftest import final_weights, poison_loss, read_summary, scalars, zoo_subprocess
+from .conftest import final_weights, poison_loss, read_summary, scalars
 
 
 def test_train_writes_the_run_directory(zoo, make_recipe, tmp_path):
@@ -235,7 +235,7 @@ def test_one_hot_input_and_epoch_limit(zoo, make_recipe, tmp_path):
 
 
 @pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_checkpoints_and_the_run_resumes_exactly(make_recipe, tmp_path, signum, code):
+def test_signal_checkpoints_and_the_run_resumes_exactly(zoo, make_recipe, tmp_path, signum, code):
     recipe = make_recipe(extra="")
     args = ["--set", "train.max_steps=3000", "--set", "log.interval=1", "--set", "eval.interval=0"]
     proc = subprocess.Popen([sys.executable, "-m", "zoo", "train", str(recipe), "--name", "sig", *args],
@@ -254,12 +254,10 @@ def test_signal_checkpoints_and_the_run_resumes_exactly(make_recipe, tmp_path, s
     assert (run / "ckpt" / "latest").read_text() == f"step-{stopped_at:08d}"
     # finish both the resumed run and an uninterrupted one at a nearby step, and compare them
     end = stopped_at + 5
-    resumed = zoo_subprocess("train", recipe, "--name", "sig", *args, "--set", f"train.max_steps={end}",
-                             cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
-    whole = zoo_subprocess("train", recipe, "--name", "whole", *args, "--set", f"train.max_steps={end}",
-                           cwd=tmp_path)
-    assert whole.returncode == 0, whole.stderr
+    resumed = zoo("train", recipe, "--name", "sig", *args, "--set", f"train.max_steps={end}")
+    assert resumed.code == 0, resumed
+    whole = zoo("train", recipe, "--name", "whole", *args, "--set", f"train.max_steps={end}")
+    assert whole.code == 0, whole
     a, b = final_weights(run), final_weights(tmp_path / "runs" / "whole")
     assert all(torch.equal(a[k], b[k]) for k in a)
 

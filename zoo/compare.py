@@ -46,7 +46,7 @@ class RunInfo:
     def reached(self, target: float, tag: str = "loss/val") -> tuple[int, float, float | None] | None:
         """(step, tokens, training seconds) of the first evaluation whose loss is at or below `target`."""
         for step, value, _ in self.curves.get(tag, []):
-            if value <= target:
+            if value <= target * (1 + 1e-6):  # TensorBoard stores float32: a run reaches its own final loss
                 return step, step * self.tokens_per_step(), self.seconds_at().get(step)
         return None
 
