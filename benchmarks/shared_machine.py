@@ -45,7 +45,9 @@ SETTINGS = {
     "zoo's default (GOMP_SPINCOUNT=1000)": {},
     "no zoo thread settings (torch's defaults)": {"ZOO_THREADS": "off"},
     "OMP_WAIT_POLICY=PASSIVE": {"ZOO_THREADS": "off", "OMP_WAIT_POLICY": "PASSIVE"},
+    "GOMP_SPINCOUNT=3000": {"ZOO_THREADS": "off", "GOMP_SPINCOUNT": "3000"},
     "GOMP_SPINCOUNT=10000": {"ZOO_THREADS": "off", "GOMP_SPINCOUNT": "10000"},
+    "GOMP_SPINCOUNT=30000": {"ZOO_THREADS": "off", "GOMP_SPINCOUNT": "30000"},
     "1 thread each": {"ZOO_THREADS": "off", "OMP_NUM_THREADS": "1"},
 }
 

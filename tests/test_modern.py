@@ -336,12 +336,23 @@ def test_every_option_trains_as_a_classifier_base_and_compiles(zoo, gpt_recipe, 
     stack = zoo("train", gpt_recipe, "--name", "stack", *_sets(STACK + ["model.mlp=swiglu", "train.max_steps=4"]))
     assert stack.code == 0, stack
     spam = zoo("finetune-classifier", "--base", "runs/stack", "--name", "spam", "--set", "train.max_steps=3",
-               "--set", "train.seq_len=32",
+               "--set", "train.seq_len=32", "--set", "task.pooling=last_token", "--set", "task.head_bias=false",
+               "--set", "task.padding=batch",
                "--set", "eval.interval=3", "--set", "task.trainable=all", "--set", "eval.max_tokens=0",
                *_sets(['optim={name = "muon", head_lr = 0.01}', "train.lr=0.01"]))
     assert spam.code == 0, spam
     label = zoo("classify", "runs/spam", "WINNER!! claim your prize")
     assert label.code == 0 and label.out.split()[0] in ("ham", "spam")
+    transformers = pytest.importorskip("transformers")
+    assert zoo("export-hf", "runs/spam", tmp_path / "spam_hf").code == 0  # zoo's remote classifier code
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "spam_hf",
+                                                                         trust_remote_code=True).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "spam_hf")
+    with torch.no_grad():
+        probs = hf(**tok(["WINNER!! claim your prize"], return_tensors="pt")).logits.softmax(-1)[0]
+    assert type(hf).__name__ == "ZooGPTForSequenceClassification"
+    assert hf.config.id2label[int(probs.argmax())] == label.out.split()[0]
+    assert float(probs.max()) == pytest.approx(float(label.out.split()[1]), abs=0.01)
     eager = zoo("train", gpt_recipe, "--name", "eager", *_sets(STACK + MUON + ["train.max_steps=6"]))
     compiled = zoo("train", gpt_recipe, "--name", "compiled", *_sets(STACK + MUON + ["train.max_steps=6",
                                                                                       "run.compile=true"]))
