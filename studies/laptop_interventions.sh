@@ -16,4 +16,5 @@ exec zoo sweep recipes/gpt2_fineweb_laptop.toml --prefix laptop \
   --ablate zeroinit:model.zero_init_proj=true \
   --ablate 'muon:optim={name = "muon"},train.lr=0.02,schedule.min_lr=2e-3' \
   --stack --seeds 2 --baseline-seeds 3 --seed-fields both \
-  --target-loss baseline --format markdown --plot docs/interventions_laptop.png --x tokens --smooth 0.9 "$@"
+  --target-loss baseline --format markdown --plot docs/interventions_laptop.png --x tokens --smooth 0.9 \
+  --columns experiment,n,test_loss,test_loss_std,test_loss_ci95,delta_test,delta_ci95,p_value,significant,best_val_loss,target_reached,target_tokens,target_tokens_ratio "$@"

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from zoo import compare, stats
+from zoo.errors import ZooError
 
 from .conftest import final_weights, read_summary
 
@@ -134,6 +135,10 @@ def test_compare_states_n_std_interval_and_welch_verdicts(tmp_path):
     assert md[0].startswith("| experiment | n |") and md[1].startswith("|---|---:|") and "0.0003" in md[4]
     assert any("Welch's two-sided t-test" in line for line in md[5:])
     assert compare.render(rows[:1], "table").splitlines()[0].count("delta") == 0
+    chosen = compare.render(rows, "markdown", ["experiment", "n", "fields", "test_loss", "p_value"]).splitlines()
+    assert chosen[0] == "| experiment | n | train.grad_clip | train.lr | test loss (best ckpt) | p (Welch) |"
+    with pytest.raises(ZooError, match="--columns: no column speed; columns: fields"):
+        compare.render(rows, "table", ["experiment", "speed"])
 
 
 def test_stats_against_published_values():

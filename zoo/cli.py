@@ -225,7 +225,8 @@ def _report(runs: list, args: argparse.Namespace) -> None:
     from zoo import compare
 
     rows = compare.compare(runs, _target(args.target_loss))
-    print(compare.render(rows, args.format))
+    wanted = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+    print(compare.render(rows, args.format, wanted))
     for line in compare.notes(rows):
         print(f"zoo: note: {line}", file=sys.stderr)
     if args.plot:
@@ -404,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--x", default="step", choices=["step", "tokens", "time"], help="x axis of the plot")
         p.add_argument("--smooth", type=float, default=0.0,
                        help="EMA smoothing of the plotted training loss, as TensorBoard's slider (0 = off)")
+        p.add_argument("--columns", metavar="A,B,...",
+                       help="the table's columns, in order (e.g. experiment,n,fields,test_loss,test_loss_std,"
+                            "delta_test,p_value,significant); an unknown name lists them all")
         p.add_argument("--target-loss", metavar="LOSS|baseline",
                        help="add the steps, tokens and seconds at which each run's val loss first reached LOSS "
                             "(baseline: the first experiment's mean final val loss)")

@@ -261,8 +261,18 @@ def _fmt(value: Any, column: str = "") -> str:
     return str(value)
 
 
-def columns(rows: list[dict[str, Any]]) -> list[str]:
-    """The columns worth showing: empty and redundant ones left out."""
+def columns(rows: list[dict[str, Any]], wanted: list[str] | None = None) -> list[str]:
+    """The columns worth showing: empty and redundant ones left out; or the `wanted` ones, in that order
+    (`fields` stands for the recipe fields that differ)."""
+    if wanted:
+        fields = [c for c in rows[0] if "." in c]
+        chosen = [f for c in wanted for f in (fields if c == "fields" else [c])]
+        unknown = [c for c in chosen if c not in rows[0]]
+        if unknown:
+            known = [c for c in rows[0] if c not in ("runs", "note") and "." not in c]
+            raise ZooError(f"--columns: no column {', '.join(unknown)}; columns: fields (the differing recipe "
+                           f"fields), {', '.join(known)}")
+        return chosen
     cols = [c for c in rows[0] if c not in ("runs", "note", "target_loss")]
 
     def empty(c: str) -> bool:
@@ -277,11 +287,12 @@ def columns(rows: list[dict[str, Any]]) -> list[str]:
     return [c for c in cols if c not in drop]
 
 
-def render(rows: list[dict[str, Any]], fmt: str = "table") -> str:
-    """The comparison as an aligned text table, markdown (with the rules under it), csv or json."""
+def render(rows: list[dict[str, Any]], fmt: str = "table", wanted: list[str] | None = None) -> str:
+    """The comparison as an aligned text table, markdown (with the rules under it), csv or json; `wanted`
+    chooses the columns (not for json, which has every field)."""
     if fmt == "json":
         return json.dumps(rows, indent=1)
-    cols = columns(rows)
+    cols = columns(rows, wanted)
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=cols, extrasaction="ignore")
