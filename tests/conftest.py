@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: N workers share the cores, one thread each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 import subprocess
 import sys
 from pathlib import Path

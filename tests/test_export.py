@@ -15,8 +15,8 @@ from .conftest import REPO
 transformers = pytest.importorskip("transformers")
 
 TOY = ["--set", "model.size=gpt2-micro", "--set", "model.context_length=32", "--set", "train.seq_len=32",
-       "--set", "train.batch_size=8", "--set", "run.precision=fp32", "--set", "train.max_steps=30",
-       "--set", "eval.interval=15", "--set", "eval.max_tokens=2000", "--set", "eval.sample_tokens=0",
+       "--set", "train.batch_size=8", "--set", "run.precision=fp32", "--set", "train.max_steps=12",
+       "--set", "eval.interval=6", "--set", "eval.max_tokens=2000", "--set", "eval.sample_tokens=0",
        "--set", "train.lr=3e-3"]
 
 

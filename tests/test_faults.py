@@ -37,12 +37,31 @@ def leftovers(root: Path) -> list[str]:
     return sorted(p.name for p in root.rglob("*") if ".tmp-" in p.name or ".old-" in p.name)
 
 
+@pytest.fixture(scope="module")
+def reference_weights(tmp_path_factory):
+    """The uninterrupted run's final weights, trained once for the module (from the same recipe and text as
+    each test's own: weights do not depend on where the files are)."""
+    import contextlib
+    import io
+
+    from zoo import cli
+
+    from .conftest import SHAKESPEARE, TINY_RECIPE
+
+    root = tmp_path_factory.mktemp("reference")
+    text = root / "tiny.txt"
+    text.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    recipe = root / "tiny.toml"
+    recipe.write_text(TINY_RECIPE.format(cell="lstm", source=text.as_posix()), encoding="utf-8")
+    with contextlib.chdir(root), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert cli.main(["train", str(recipe), "--name", "ref", *STEPS]) == 0
+    return final_weights(run_dir(root, "ref"))
+
+
 @pytest.fixture
-def reference(zoo, make_recipe, tmp_path):
-    """The uninterrupted run's final weights."""
-    recipe = make_recipe()
-    assert zoo("train", recipe, "--name", "ref", *STEPS).code == 0
-    return recipe, final_weights(run_dir(tmp_path, "ref"))
+def reference(make_recipe, reference_weights):
+    """This test's recipe (the tiny one) and the uninterrupted run's final weights."""
+    return make_recipe(), reference_weights
 
 
 def same(a: dict, b: dict) -> bool:

@@ -15,7 +15,7 @@ from zoo.models.base import count_parameters
 from zoo.models.gpt2 import GPT2, GPT2Config, from_hf
 from zoo.tokenizers import Gpt2Tokenizer
 
-from .conftest import REPO, read_summary, scalars
+from .conftest import REPO, read_summary, scalars, zoo_subprocess
 
 SHARED = REPO.parent / "shared" / "data"
 FINEWEB = SHARED / "fineweb_sample"
@@ -23,8 +23,9 @@ needs_fineweb = pytest.mark.skipif(not FINEWEB.is_dir(), reason="../shared/data/
 
 
 def test_gpt2_small_has_the_books_parameter_counts():
-    assert count_parameters(GPT2(GPT2Config(), 50257)) == 163_009_536
-    assert count_parameters(GPT2(GPT2Config(tie_weights=True), 50257)) == 124_412_160
+    with torch.device("meta"):  # shapes only: no memory, no initialisation work
+        assert count_parameters(GPT2(GPT2Config(), 50257)) == 163_009_536
+        assert count_parameters(GPT2(GPT2Config(tie_weights=True), 50257)) == 124_412_160
 
 
 # ------------------------------------------------------------------------------------ transformers
@@ -149,11 +150,12 @@ def test_jsonl_source_and_missing_field(zoo, tmp_path, monkeypatch):
     assert json.loads(result.out)["tokens"]["val"] > 0
 
 
-def test_offline_hub_dataset_is_a_clear_error(zoo, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
-    result = zoo("prepare-data", REPO / "recipes" / "gpt2_fineweb.toml")
-    assert result.code == 2 and "needs a network connection" in result.err
+def test_offline_hub_dataset_is_a_clear_error(tmp_path):
+    # a process of its own: the Hub libraries read HF_HUB_OFFLINE when they are imported
+    result = zoo_subprocess("prepare-data", REPO / "recipes" / "gpt2_fineweb.toml", cwd=tmp_path,
+                            env={"HF_HUB_OFFLINE": "1", "ZOO_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 2 and "needs a network connection" in result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("zoo: error: ")
 
 
 # ------------------------------------------------------------------------------------ training
@@ -228,16 +230,3 @@ def test_eval_with_weights_and_data(zoo, tmp_path, monkeypatch):
     assert report["model"] == f"hf:{folder}" and 10 < report["loss"] < 11.5  # ~ln(50257) for random weights
     offline = zoo("sample", "--weights", "no-such-user/no-such-model")
     assert offline.code == 2 and "Hugging Face Hub" in offline.err
-
-
-def test_compiled_training_writes_plain_checkpoints(zoo, tmp_path):
-    recipe = REPO / "recipes" / "gpt2_shakespeare_char.toml"
-    toy = TOY[:-4] + ["--set", "eval.sample_tokens=0", "--set", "train.max_steps=2", "--set", "eval.test=false"]
-    result = zoo("train", recipe, "--name", "c", *toy, "--set", "run.compile=true")
-    assert result.code == 0, result
-    from .conftest import final_weights
-
-    keys = final_weights(tmp_path / "runs" / "c").keys()
-    assert "wte.weight" in keys and not any("_orig_mod" in k for k in keys)
-    more = zoo("train", recipe, "--name", "c", *toy, "--set", "train.max_steps=3")  # resumes uncompiled
-    assert more.code == 0 and "resuming" in more.out, more
