@@ -17,8 +17,8 @@ def configure_threads() -> None:
     An idle OpenMP thread spins for GOMP_SPINCOUNT iterations (300,000 by default) before it sleeps; with two
     trainings on the same cores those spinning threads take the CPU from the other one's working threads
     (benchmarks/shared_machine.py on 2 cores: each kept 0.08-0.30 of its solo speed). 1,000 keeps each at about
-    half of its solo speed and costs nothing measurable alone (0.99x torch's defaults). A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins;
-    ZOO_THREADS=off leaves torch's defaults."""
+    half of its solo speed and costs nothing measurable alone (0.99x torch's defaults). A user's own
+    OMP_WAIT_POLICY or GOMP_SPINCOUNT wins; ZOO_THREADS=off leaves torch's defaults."""
     if os.environ.get("ZOO_THREADS", "") == "off" or "OMP_WAIT_POLICY" in os.environ:
         return
     os.environ.setdefault("GOMP_SPINCOUNT", "1000")
