@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from zoo.checkpoint import Checkpointer, load_model_tensors
+from zoo.checkpoint import Checkpointer
 from zoo.errors import ZooError
 from zoo.models import gpt2
 from zoo.tokenizers import CharTokenizer, Gpt2Tokenizer, load_tokenizer
@@ -55,10 +55,7 @@ class Base:
         if self.hub:
             gpt2.load_hf_weights(backbone, gpt2.hf_folder(self.spec))
             return self.spec
-        def fits(path: Path, tensors: dict, meta: dict) -> None:  # weights of another model: the next older one
-            load_model_tensors(backbone, tensors, meta.get("aliases", {}), str(path))
-
-        path, _, _ = Checkpointer(self.folder).load_weights(checkpoint, accept=fits)
+        path, _ = Checkpointer(self.folder).load_into(backbone, checkpoint)
         return f"{self.folder} ({path.name})"
 
 

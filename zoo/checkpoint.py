@@ -331,6 +331,16 @@ class Checkpointer:
             return path, tensors, meta
         raise CheckpointError(f"no usable {which} checkpoint in {self.root.parent}: {problems[0]}")
 
+    def load_into(self, model: nn.Module, which: str, note: Callable[[str], None] = warn
+                  ) -> tuple[Path, dict[str, Any]]:
+        """Load the `which` checkpoint's weights into `model`, falling back (as load_weights does) past
+        checkpoints that cannot be read or whose weights do not fit the model; returns (folder, meta)."""
+        def fits(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+            load_model_tensors(model, tensors, meta.get("aliases", {}), str(path))
+
+        path, _, meta = self.load_weights(which, note, accept=fits)
+        return path, meta
+
     # -------------------------------------------------------------------------------------- writing
     def save(self, step: int, model: nn.Module, state: dict[str, Any], meta: dict[str, Any],
              best: bool = False) -> Path:

@@ -137,12 +137,10 @@ def launch(nproc: int, argv: list[str], max_restarts: int = 0, run_dir: str | os
                              text=True, errors="replace", bufsize=1)
     received: list[int] = []
     shown: set[str] = set()
-    lines: list[str] = []
 
     def relay() -> None:  # torchrun's and the workers' stderr: all to the log, zoo's own lines to the terminal
         for line in child.stderr:
             log.write(line)
-            lines.append(line)
             if line.startswith(("zoo:", "SIGINT:", "SIGTERM:")) and line not in shown:
                 shown.add(line)
                 sys.stderr.write(line)
@@ -163,13 +161,14 @@ def launch(nproc: int, argv: list[str], max_restarts: int = 0, run_dir: str | os
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         log.close()
+    report = _read(log.name) if code != 0 and not received else ""  # this launch's part, before it is appended
     where = _keep_log(log.name, run_dir)
     if received:
         return 128 + received[0]
     if code != 0:
         resume = " ".join(["zoo", *argv, f"--nproc-per-node {nproc}"])
         already = any(line.startswith("zoo: error:") for line in shown)
-        print(f"zoo: error: {failure(lines)}; the other ranks were stopped and the checkpoints written so far are "
+        print(f"zoo: error: {failure(report)}; the other ranks were stopped and the checkpoints written so far are "
               f"intact: fix {'that' if already else 'the cause'} and resume with `{resume}` (torchrun's full report: "
               f"{where})", file=sys.stderr, flush=True)
     return code
@@ -193,11 +192,19 @@ def _keep_log(path: str, run_dir: str | os.PathLike | None) -> str:
     return str(target)
 
 
-def failure(lines: list[str]) -> str:
+def _read(path: str) -> str:
+    """A launch log's text ('' if it cannot be read: the failure line then says less)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def failure(text: str) -> str:
     """Which rank failed and why, from torchrun's report (its "Root Cause" block) and the workers' stderr."""
     import re
 
-    text = "".join(lines)
     root = text[text.find("Root Cause"):] if "Root Cause" in text else ""
     rank = re.search(r"rank\s*:\s*(\d+)", root)
     code = re.search(r"exitcode\s*:\s*(-?\d+)", root)
@@ -209,7 +216,7 @@ def failure(lines: list[str]) -> str:
         trace = [ln for ln in trace if not ln.startswith(("=", "-"))]
         cause = trace[-1][:200] if trace else ""
     if not cause:
-        errors = [ln.strip() for ln in lines if ln.startswith("zoo: error:")]
+        errors = [ln.strip() for ln in text.splitlines() if ln.startswith("zoo: error:")]
         cause = errors[-1].removeprefix("zoo: error: ")[:200] if errors else "see the report"
     exit_code = f"; exit code {code.group(1)}" if code else ""
     who = f"rank {rank.group(1)}" if rank else "a worker"

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from zoo import registry
-from zoo.checkpoint import Checkpointer, describe, load_model_tensors, write_atomic
+from zoo.checkpoint import Checkpointer, describe, write_atomic
 from zoo.errors import CheckpointError, RecipeError
 from zoo.recipe import (
     Recipe,
@@ -203,11 +203,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: torch.device | st
     recipe = recipe_with_overrides(read_toml(run_dir / "recipe.toml"), overrides or [], str(run_dir / "recipe.toml"))
     tokenizer = load_tokenizer(run_dir / "tokenizer.json")
     model = registry.build_trainable(recipe, tokenizer.vocab_size, torch.device(device))
-
-    def fits(path: Path, tensors: dict, meta: dict) -> None:  # weights of another model: fall back past them
-        load_model_tensors(model, tensors, meta.get("aliases", {}), str(path))
-
-    path, tensors, meta = Checkpointer(run_dir).load_weights(which, accept=fits)
+    path, meta = Checkpointer(run_dir).load_into(model, which)
     model.to(device).eval()
     return LoadedRun(run_dir, recipe, tokenizer, model, path, meta)
 

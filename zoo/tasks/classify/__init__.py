@@ -3,7 +3,6 @@ token, trained on labelled texts (the SMS Spam Collection by default, or any CSV
 column), with a freezing policy. The backbone and its tokenizer come from a base: a zoo language-model run or
 GPT-2 weights in the Hugging Face layout.
 
-
 The parts, each in its module: `config` (the [task] table), `data` (reading CSV/TSV files, the seeded and the
 book split), `head` (the Classifier and freezing), `task` (batches, loss, evaluation, predictions of a split),
 `predict` (labels for new texts), `metrics` (accuracy, precision, recall, F1, confusion).
