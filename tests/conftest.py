@@ -7,6 +7,10 @@ import os
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: N workers share the cores, one thread each
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+# torch.compile's CPU kernels in their scalar C++ form: the vectorised form's headers add ~20 s of C++ compilation
+# to each compiled test and test nothing of zoo's (what is compiled, and that it computes what eager does, is
+# the same); read when inductor's config is first imported, so set before any test compiles
+os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "0")
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +80,22 @@ def make_recipe(tmp_path: Path, text_file: Path):
     return make
 
 
+def train_once(tmp_path_factory, name: str, *args: str) -> Path:
+    """Train the tiny LSTM recipe on the tiny text once, in-process, in a folder of its own (for module-scoped
+    fixtures whose tests only read the run); returns the run directory."""
+    import contextlib
+    import io
+
+    root = tmp_path_factory.mktemp(name)
+    text = root / "tiny.txt"
+    text.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    recipe = root / "tiny.toml"
+    recipe.write_text(TINY_RECIPE.format(cell="lstm", source=text.as_posix()), encoding="utf-8")
+    with contextlib.chdir(root), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert cli.main(["train", str(recipe), "--name", name, *args]) == 0
+    return root / "runs" / name
+
+
 class Result:
     def __init__(self, code: int, out: str, err: str):
         self.code, self.out, self.err = code, out, err
@@ -103,6 +123,98 @@ def zoo_subprocess(*args: str, cwd: Path, env: dict | None = None, **kwargs) -> 
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "zoo", *map(str, args)], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=300, **kwargs)
+
+
+class Forked:
+    """`zoo ARGS` in a forked child of this test process: a real process to signal or kill outright, without a
+    fresh interpreter's start-up (importing torch and, at the first optimizer, its compiler front end: ~5 s of
+    CPU each). Like Popen: `stdout` (a pipe, line by line), `send_signal`, `communicate`, `returncode` (minus
+    the signal's number when a signal ended it). Use `zoo_process`, which forks only where that is safe."""
+
+    def __init__(self, *args: str, cwd: Path, env: dict | None = None):
+        import tempfile
+
+        read, write = os.pipe()
+        self._err = tempfile.TemporaryFile()
+        self.returncode: int | None = None
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: never returns into pytest
+            code = 1
+            try:
+                os.close(read)
+                os.dup2(write, 1)
+                os.dup2(self._err.fileno(), 2)
+                sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+                sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+                os.chdir(cwd)
+                os.environ.update(env or {})
+                from zoo import faults
+
+                faults._counts.clear()  # fault counts start at zero, as in a new process
+                code = cli.main([str(a) for a in args])
+            except BaseException:  # noqa: BLE001 - shown to the test through stderr
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
+        os.close(write)
+        self.stdout = os.fdopen(read, "r", encoding="utf-8", errors="replace")
+
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, signum)
+
+    def wait(self, timeout: float = 300) -> int:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+            elif time.monotonic() > deadline:
+                os.kill(self.pid, 9)
+                os.waitpid(self.pid, 0)
+                raise subprocess.TimeoutExpired(["zoo (forked)"], timeout)
+            else:
+                time.sleep(0.02)
+        return self.returncode
+
+    def communicate(self, timeout: float = 300) -> tuple[str, str]:
+        out = self.stdout.read()  # until the child's end of the pipe closes
+        self.stdout.close()
+        self.wait(timeout)
+        self._err.seek(0)
+        err = self._err.read().decode("utf-8", errors="replace")
+        self._err.close()
+        return out, err
+
+
+def zoo_process(*args: str, cwd: Path, env: dict | None = None):
+    """A real `zoo ARGS` process to signal or kill, started as Popen would (text pipes for stdout and stderr).
+    In a test worker with one torch thread (pytest -n N) it is a fork of this process (see Forked); where this
+    process may have started a team of OpenMP threads (pytest -n 0) a fork's first parallel region would hang
+    on them, so it is a fresh `python -m zoo`. Where a fresh interpreter is the point (exit handlers, settings
+    read at import, torchrun), tests start `python -m zoo` themselves."""
+    import torch
+
+    if torch.get_num_threads() == 1:
+        return Forked(*args, cwd=cwd, env=env)
+    return subprocess.Popen([sys.executable, "-m", "zoo", *map(str, args)], cwd=cwd, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def zoo_killed(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `zoo ARGS` to its end, or to the signal that ends it, in a real process (see zoo_process)."""
+    child = zoo_process(*args, cwd=cwd, env=env)
+    out, err = child.communicate(timeout=300)
+    return subprocess.CompletedProcess(list(args), child.returncode, out, err)
 
 
 def read_summary(run_dir: Path) -> dict:

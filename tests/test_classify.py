@@ -8,17 +8,17 @@ import pytest
 
 from zoo.recipe import read_toml, recipe_from_dict
 
-from .conftest import REPO, read_summary
+from .conftest import REPO, read_summary, train_once
 
 BASE_RNN = ["--set", "model.hidden_size=32", "--set", "train.max_steps=100"]
 FAST = ["--set", "train.epochs=0", "--set", "task.max_length=160", "--set", "eval.batch_size=64",
         "--set", "eval.interval=100"]
 
 
-@pytest.fixture
-def rnn_base(zoo, make_recipe, tmp_path):
-    assert zoo("train", make_recipe(), "--name", "base", *BASE_RNN).code == 0
-    return tmp_path / "runs" / "base"
+@pytest.fixture(scope="module")
+def rnn_base(tmp_path_factory):
+    """A small char-RNN language model, trained once for the module (the tests only read it)."""
+    return train_once(tmp_path_factory, "base", *BASE_RNN)
 
 
 def test_char_rnn_classifier_beats_the_majority_and_classify_agrees_with_eval(zoo, rnn_base, tmp_path):

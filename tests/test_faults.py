@@ -9,8 +9,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ import torch
 
 from zoo.tasks.lm import LMTask
 
-from .conftest import final_weights, poison_loss, read_summary, scalars
+from .conftest import final_weights, poison_loss, read_summary, scalars, train_once, zoo_killed
 
 
 def steps(n: int) -> list[str]:
@@ -41,21 +39,7 @@ def leftovers(root: Path) -> list[str]:
 def reference_weights(tmp_path_factory):
     """The uninterrupted run's final weights, trained once for the module (from the same recipe and text as
     each test's own: weights do not depend on where the files are)."""
-    import contextlib
-    import io
-
-    from zoo import cli
-
-    from .conftest import SHAKESPEARE, TINY_RECIPE
-
-    root = tmp_path_factory.mktemp("reference")
-    text = root / "tiny.txt"
-    text.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
-    recipe = root / "tiny.toml"
-    recipe.write_text(TINY_RECIPE.format(cell="lstm", source=text.as_posix()), encoding="utf-8")
-    with contextlib.chdir(root), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        assert cli.main(["train", str(recipe), "--name", "ref", *STEPS]) == 0
-    return final_weights(run_dir(root, "ref"))
+    return final_weights(train_once(tmp_path_factory, "ref", *STEPS))
 
 
 @pytest.fixture
@@ -72,9 +56,7 @@ def same(a: dict, b: dict) -> bool:
                                    "torn@save.meta:2", "kill@save.rename:2", "kill@pointer:2", "kill@prune:2"])
 def test_a_kill_at_each_file_event_of_a_save_resumes_exactly(zoo, reference, tmp_path, fault):
     recipe, expected = reference
-    env = {**os.environ, "ZOO_FAULT": fault, "PYTHONUNBUFFERED": "1"}
-    killed = subprocess.run([sys.executable, "-m", "zoo", "train", str(recipe), *STEPS], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    killed = zoo_killed("train", recipe, *STEPS, cwd=tmp_path, env={"ZOO_FAULT": fault})  # a real process, killed
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     run = run_dir(tmp_path)
     before = {p.name for p in (run / "ckpt").glob("step-*")} if (run / "ckpt").is_dir() else set()

@@ -15,7 +15,7 @@ import torch
 
 from zoo.tasks.lm import LMTask
 
-from .conftest import final_weights, poison_loss, read_summary, scalars
+from .conftest import final_weights, poison_loss, read_summary, scalars, zoo_process
 
 
 def test_train_writes_the_run_directory(zoo, make_recipe, tmp_path):
@@ -238,9 +238,7 @@ def test_one_hot_input_and_epoch_limit(zoo, make_recipe, tmp_path):
 def test_signal_checkpoints_and_the_run_resumes_exactly(zoo, make_recipe, tmp_path, signum, code):
     recipe = make_recipe(extra="")
     args = ["--set", "train.max_steps=3000", "--set", "log.interval=1", "--set", "eval.interval=0"]
-    proc = subprocess.Popen([sys.executable, "-m", "zoo", "train", str(recipe), "--name", "sig", *args],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = zoo_process("train", recipe, "--name", "sig", *args, cwd=tmp_path)  # a real process to signal
     for line in proc.stdout:
         if line.startswith("step 5/"):
             break
