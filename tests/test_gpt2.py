@@ -197,10 +197,11 @@ def test_char_gpt_on_shakespeare_resumes_exactly(zoo, tmp_path):
     assert read_summary(tmp_path / "runs" / "whole")["vocab_size"] == 65
 
 
-def test_init_from_hf_weights(zoo, tmp_path):
+def test_init_from_hf_weights(zoo, tmp_path, text_file):
     folder = _hf_model(tmp_path, n_layer=2, n_head=2, n_embd=32, vocab=50257, n_positions=64)
     recipe = REPO / "recipes" / "gpt2_shakespeare_char.toml"
     args = TOY[:-4] + ["--set", "data.tokenizer=gpt2", "--set", f'model.init_from="hf:{folder}"',
+                       "--set", f"data.source={text_file}",  # a short test split for a 50,257-row head
                        "--set", "train.max_steps=2", "--set", "train.lr=1e-9", "--set", "model.dropout=0.0",
                        "--set", "model.tie_weights=true"]
     result = zoo("train", recipe, "--name", "ft", *args)
