@@ -112,7 +112,7 @@ _LOOPS: object = None  # torch.ops.zoo_cells once built, False once found unavai
 def compiled_loops():
     """The C++ LSTM time loops (`cells_loop.cpp`, the same equations as the Python loops below) as
     `torch.ops.zoo_cells`, or None where they cannot be used. Built on first use with torch.utils.cpp_extension
-    (about 10 s), kept per torch version in $ZOO_CACHE/ext (default ~/.cache/zoo/ext) and reused; a build
+    (16 s on a 2-core VM), kept per torch version in $ZOO_CACHE/ext (default ~/.cache/zoo/ext) and reused; a build
     that disagrees with the Python loop on a small check is not used. $ZOO_CELLS_LOOP chooses: `auto`
     (default: build, else fall back to the Python loop with a one-line notice), `cpp` (fail if it cannot be
     built), `python` (never build)."""
@@ -130,7 +130,7 @@ def compiled_loops():
 
             folder.mkdir(parents=True, exist_ok=True)
             if not list(folder.glob("zoo_cells*.so")):
-                print("zoo: building the C++ LSTM time loop (once, about 10 s)", file=sys.stderr, flush=True)
+                print("zoo: building the C++ LSTM time loop (once, about 15 s)", file=sys.stderr, flush=True)
             cpp_extension.load(
                 "zoo_cells",
                 sources=[str(source)],
