@@ -60,12 +60,24 @@ interval = 5
 """
 
 
+def write_text_file(folder: Path) -> Path:
+    """The first 20,000 characters of Tiny Shakespeare, as folder/tiny.txt."""
+    path = folder / "tiny.txt"
+    path.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    return path
+
+
+def write_recipe(folder: Path, source: Path, name: str = "tiny", cell: str = "lstm", extra: str = "") -> Path:
+    """The tiny recipe on `source` (with extra text appended), as folder/NAME.toml."""
+    path = folder / f"{name}.toml"
+    path.write_text(TINY_RECIPE.format(cell=cell, source=source.as_posix()) + extra, encoding="utf-8")
+    return path
+
+
 @pytest.fixture
 def text_file(tmp_path: Path) -> Path:
     """The first 20,000 characters of Tiny Shakespeare."""
-    path = tmp_path / "tiny.txt"
-    path.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
-    return path
+    return write_text_file(tmp_path)
 
 
 @pytest.fixture
@@ -73,26 +85,30 @@ def make_recipe(tmp_path: Path, text_file: Path):
     """Write a tiny recipe (with extra text appended) and return its path."""
 
     def make(name: str = "tiny", cell: str = "lstm", extra: str = "") -> Path:
-        path = tmp_path / f"{name}.toml"
-        path.write_text(TINY_RECIPE.format(cell=cell, source=text_file.as_posix()) + extra, encoding="utf-8")
-        return path
+        return write_recipe(tmp_path, text_file, name, cell, extra)
 
     return make
 
 
-def train_once(tmp_path_factory, name: str, *args: str) -> Path:
-    """Train the tiny LSTM recipe on the tiny text once, in-process, in a folder of its own (for module-scoped
-    fixtures whose tests only read the run); returns the run directory."""
+def one_process(*args, cwd: Path) -> subprocess.CompletedProcess:
+    """`zoo ARGS` in this process, in `cwd`, its output captured (runs outside the `zoo` fixture: module-wide
+    runs, and single-process references beside DDP launches, which need no process of their own: the worker
+    count, not the thread count, is what those tests compare)."""
     import contextlib
     import io
 
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main([str(a) for a in args])
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def train_once(tmp_path_factory, name: str, *args: str) -> Path:
+    """Train the tiny LSTM recipe on the tiny text once, in a folder of its own (for module-scoped fixtures
+    whose tests only read the run); returns the run directory."""
     root = tmp_path_factory.mktemp(name)
-    text = root / "tiny.txt"
-    text.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
-    recipe = root / "tiny.toml"
-    recipe.write_text(TINY_RECIPE.format(cell="lstm", source=text.as_posix()), encoding="utf-8")
-    with contextlib.chdir(root), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        assert cli.main(["train", str(recipe), "--name", name, *args]) == 0
+    result = one_process("train", write_recipe(root, write_text_file(root)), "--name", name, *args, cwd=root)
+    assert result.returncode == 0, result.stderr
     return root / "runs" / name
 
 

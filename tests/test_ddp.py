@@ -15,7 +15,7 @@ from zoo.data import TokenSplits
 from zoo.tasks.base import MicroBatchPlan
 from zoo.tasks.lm import LMTask, LMTaskConfig
 
-from .conftest import REPO, final_weights, read_summary, scalars, zoo_subprocess
+from .conftest import REPO, final_weights, one_process, read_summary, scalars, zoo_subprocess
 
 ENV = {"ZOO_DIST_TIMEOUT": "60", "OMP_NUM_THREADS": "1"}
 # PyTorch 2.13's gloo occasionally aborts a CPU worker in C++ while a process group is set up or torn down
@@ -24,24 +24,10 @@ ENV = {"ZOO_DIST_TIMEOUT": "60", "OMP_NUM_THREADS": "1"}
 GLOO_ABORT = "terminate called without an active exception"
 
 
-
-def one_process(*args, cwd, env=None) -> subprocess.CompletedProcess:
-    """`zoo ARGS` in this process, in `cwd`: a single-process reference run needs no process of its own (the
-    worker count, not the thread count, is what these tests compare)."""
-    import contextlib
-    import io
-
-    from zoo import cli
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main([str(a) for a in args])
-    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
-
-
 def plan(task, micro: int, world: int = 1, rank: int = 0) -> MicroBatchPlan:
     """The micro-batch plan the trainer hands a task."""
     return MicroBatchPlan.of(task.batch_size, micro, world, rank)
+
 
 def gloo_retry(test):
     @functools.wraps(test)
@@ -175,7 +161,6 @@ def test_sigterm_on_the_launcher_checkpoints_every_rank_and_a_launcher_killed_ou
     kill -9 of that resumed launcher takes torchrun and both workers with it."""
     import os
     import signal
-    import subprocess
     import sys
 
     recipe = make_recipe()
@@ -223,7 +208,6 @@ def test_two_nodes_with_c10d_rendezvous_equal_one_process_and_survive_a_lost_nod
     """The README's multi-node command, with two torchrun "nodes" on this machine (one process each)."""
     import os
     import socket
-    import subprocess
     import sys
 
     recipe = make_recipe()
@@ -262,7 +246,6 @@ def test_two_processes_fine_tune_a_classifier_as_one_does(make_recipe, tmp_path)
             "--set", "task.trainable=all", "--set", "model.dropout=0.0"]  # each rank draws its own dropout
     one = one_process(*args, "--name", "one", cwd=tmp_path)
     assert one.returncode == 0, one.stderr
-    import subprocess
 
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
                           "zoo", *args, "--name", "two"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
