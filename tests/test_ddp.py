@@ -121,8 +121,10 @@ def test_a_failing_rank_ends_the_job_with_one_line_naming_it(make_recipe, tmp_pa
                             env={**ENV, "ZOO_FAULT": "raise@3:1"})
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
+    # the rank's error, and its exit code: 1, or -6 where gloo aborted the process as it exited (see below)
     assert len(lines) == 1 and lines[0].startswith("zoo: error: rank 1 failed (RuntimeError: injected fault at step 3 "
-                                                   "on rank 1; exit code 1)"), result.stderr
+                                                   "on rank 1"), result.stderr
+    assert "; exit code 1)" in lines[0] or ", then SIGABRT as it exited; exit code -6)" in lines[0], lines[0]
     assert (f"resume with `zoo train {recipe} --name tiny --runs-dir runs --set checkpoint.interval=2 "
             "--nproc-per-node 2`") in lines[0]
     log = tmp_path / "runs" / "tiny" / "launch.log"
@@ -133,6 +135,29 @@ def test_a_failing_rank_ends_the_job_with_one_line_naming_it(make_recipe, tmp_pa
                             env={**ENV, "ZOO_FAULT": "crash@3:1"})
     lines = [line for line in killed.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("zoo: error: rank 1 failed ("), killed.stderr
+
+
+def test_the_failure_line_names_a_ranks_python_error_before_a_signal_at_its_exit():
+    """torchrun's root cause as it reads when a rank raised and gloo then aborted it at exit (seen on this VM),
+    and when a rank was killed outright."""
+    from zoo.dist import failure
+
+    raised_then_aborted = """Root Cause (first observed failure):
+[0]:
+  rank      : 1 (local_rank: 1)
+  exitcode  : -6 (pid: 22483)  (SIGABRT)
+  error_file: /tmp/torchelastic_x/attempt_0/1/error.json
+  traceback : Traceback (most recent call last):
+    File "zoo/faults.py", line 47, in step
+      raise RuntimeError(f"injected fault at step {number} on rank {rank}")
+  RuntimeError: injected fault at step 3 on rank 1
+
+============================================================"""
+    assert failure(raised_then_aborted) == ("rank 1 failed (RuntimeError: injected fault at step 3 on rank 1, then "
+                                            "SIGABRT as it exited; exit code -6)")
+    killed = raised_then_aborted.split("  error_file")[0].replace("-6 (pid: 22483)  (SIGABRT)", "-9 (pid: 7)")
+    killed += "\n  error_file: <N/A>\n  traceback : Signal 9 (SIGKILL) received by PID 7\n" + "=" * 60
+    assert failure(killed) == "rank 1 failed (killed by SIGKILL; exit code -9)"
 
 
 def _processes_mentioning(text: str) -> list[int]:

@@ -208,13 +208,15 @@ def failure(text: str) -> str:
     root = text[text.find("Root Cause"):] if "Root Cause" in text else ""
     rank = re.search(r"rank\s*:\s*(\d+)", root)
     code = re.search(r"exitcode\s*:\s*(-?\d+)", root)
+    died = signal.Signals(-int(code.group(1))).name if code and int(code.group(1)) < 0 else ""
+    trace = [ln.strip() for ln in root.split("traceback :", 1)[1].splitlines()] if "traceback :" in root else []
+    trace = [ln for ln in trace if ln and not ln.startswith(("=", "-"))]
     cause = ""
-    if code and int(code.group(1)) < 0:
-        cause = f"killed by {signal.Signals(-int(code.group(1))).name}"
-    elif "traceback :" in root:
-        trace = [ln.strip() for ln in root.split("traceback :", 1)[1].splitlines() if ln.strip()]
-        trace = [ln for ln in trace if not ln.startswith(("=", "-"))]
-        cause = trace[-1][:200] if trace else ""
+    if trace and trace[0].startswith("Traceback"):  # the rank's own Python error (a signal may end it later:
+        # gloo aborts a process that exits with a process group still up)
+        cause = trace[-1][:200] + (f", then {died} as it exited" if died else "")
+    elif died:
+        cause = f"killed by {died}"
     if not cause:
         errors = [ln.strip() for ln in text.splitlines() if ln.startswith("zoo: error:")]
         cause = errors[-1].removeprefix("zoo: error: ")[:200] if errors else "see the report"
