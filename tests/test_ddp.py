@@ -134,7 +134,8 @@ def test_a_failing_rank_ends_the_job_with_one_line_naming_it(make_recipe, tmp_pa
     killed = zoo_subprocess("train", recipe, "--nproc-per-node", "2", "--name", "killed", cwd=tmp_path,
                             env={**ENV, "ZOO_FAULT": "crash@3:1"})
     lines = [line for line in killed.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("zoo: error: rank 1 failed ("), killed.stderr
+    assert len(lines) == 1 and lines[0].startswith("zoo: error: rank 1 failed (it exited without a Python error; "
+                                                   "exit code 1)"), killed.stderr
 
 
 def test_the_failure_line_names_a_ranks_python_error_before_a_signal_at_its_exit():
@@ -158,6 +159,29 @@ def test_the_failure_line_names_a_ranks_python_error_before_a_signal_at_its_exit
     killed = raised_then_aborted.split("  error_file")[0].replace("-6 (pid: 22483)  (SIGABRT)", "-9 (pid: 7)")
     killed += "\n  error_file: <N/A>\n  traceback : Signal 9 (SIGKILL) received by PID 7\n" + "=" * 60
     assert failure(killed) == "rank 1 failed (killed by SIGKILL; exit code -9)"
+    # a rank that exited without a Python error, and rank 0's lost-peer error reported as the first failure (both
+    # ended in the same second, as seen on CI): the rank that failed first in fact is named
+    exited = """Failures:
+[1]:
+  time      : 2026-11-30_20:37:12
+  rank      : 1 (local_rank: 1)
+  exitcode  : 1 (pid: 28888)
+  error_file: <N/A>
+  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-11-30_20:37:12
+  rank      : 0 (local_rank: 0)
+  exitcode  : 1 (pid: 28887)
+  error_file: /tmp/torchelastic_x/attempt_0/0/error.json
+  traceback : Traceback (most recent call last):
+    File "zoo/trainer.py", line 112, in train_step
+  RuntimeError: [gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:20896: Connection reset by peer.
+============================================================"""
+    assert failure(exited) == "rank 1 failed (it exited without a Python error; exit code 1)"
+    only_peer = exited.split("Root Cause")[1]
+    assert failure(only_peer.join(["Root Cause", ""])).startswith("rank 0 failed (RuntimeError: [gloo")
 
 
 def _processes_mentioning(text: str) -> list[int]:

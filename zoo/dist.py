@@ -201,27 +201,53 @@ def _read(path: str) -> str:
         return ""
 
 
-def failure(text: str) -> str:
-    """Which rank failed and why, from torchrun's report (its "Root Cause" block) and the workers' stderr."""
+# A rank whose collective failed because a peer was lost: a consequence of another rank's failure, named only when
+# no rank failed otherwise (torchrun's "first observed failure" can be such a rank when both end in the same second)
+_PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "remote process exited",
+              "NCCL communicator was aborted")
+
+
+def _failures(text: str) -> list[dict]:
+    """torchrun's failure entries, the root cause first: rank, exit code, signal and the rank's Python error."""
     import re
 
-    root = text[text.find("Root Cause"):] if "Root Cause" in text else ""
-    rank = re.search(r"rank\s*:\s*(\d+)", root)
-    code = re.search(r"exitcode\s*:\s*(-?\d+)", root)
-    died = signal.Signals(-int(code.group(1))).name if code and int(code.group(1)) < 0 else ""
-    trace = [ln.strip() for ln in root.split("traceback :", 1)[1].splitlines()] if "traceback :" in root else []
-    trace = [ln for ln in trace if ln and not ln.startswith(("=", "-"))]
-    cause = ""
-    if trace and trace[0].startswith("Traceback"):  # the rank's own Python error (a signal may end it later:
-        # gloo aborts a process that exits with a process group still up)
-        cause = trace[-1][:200] + (f", then {died} as it exited" if died else "")
+    entries = []
+    root_at = text.find("Root Cause")
+    for part in (text[root_at:] if root_at >= 0 else "", text[text.find("Failures:"):root_at] if "Failures:" in text
+                 and root_at >= 0 else ""):
+        for block in re.split(r"\n\[\d+\]:\n", part)[1:]:
+            rank = re.search(r"rank\s*:\s*(\d+)", block)
+            code = re.search(r"exitcode\s*:\s*(-?\d+)", block)
+            if not rank and not code:
+                continue
+            trace = [ln.strip() for ln in block.split("traceback :", 1)[1].splitlines()] if "traceback :" in block else []
+            trace = [ln for ln in trace if ln and not ln.startswith(("=", "-"))]
+            error = trace[-1] if trace and trace[0].startswith("Traceback") else ""
+            entries.append({"rank": rank.group(1) if rank else None, "code": code.group(1) if code else None,
+                            "error": error})
+    return entries
+
+
+def failure(text: str) -> str:
+    """Which rank failed and why, from torchrun's report (its "Root Cause" and "Failures" blocks) and the workers'
+    stderr: the first entry whose error is not merely a lost peer."""
+    entries = _failures(text)
+    first = next((e for e in entries if not any(m in e["error"] for m in _PEER_LOST)), entries[0] if entries else None)
+    if first is None:
+        errors = [ln.strip() for ln in text.splitlines() if ln.startswith("zoo: error:")]
+        return f"a worker failed ({errors[-1].removeprefix('zoo: error: ')[:200] if errors else 'see the report'})"
+    code = first["code"]
+    died = signal.Signals(-int(code)).name if code and int(code) < 0 else ""
+    if first["error"]:  # the rank's own Python error (a signal may end it later: gloo aborts a process that exits
+        # with a process group still up)
+        cause = first["error"][:200] + (f", then {died} as it exited" if died else "")
     elif died:
         cause = f"killed by {died}"
-    if not cause:
+    else:
         errors = [ln.strip() for ln in text.splitlines() if ln.startswith("zoo: error:")]
-        cause = errors[-1].removeprefix("zoo: error: ")[:200] if errors else "see the report"
-    exit_code = f"; exit code {code.group(1)}" if code else ""
-    who = f"rank {rank.group(1)}" if rank else "a worker"
+        cause = errors[-1].removeprefix("zoo: error: ")[:200] if errors else "it exited without a Python error"
+    exit_code = f"; exit code {code}" if code else ""
+    who = f"rank {first['rank']}" if first["rank"] else "a worker"
     return f"{who} failed ({cause}{exit_code})"
 
 
