@@ -207,24 +207,24 @@ _PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken p
               "NCCL communicator was aborted")
 
 
-def _failures(text: str) -> list[dict]:
-    """torchrun's failure entries, the root cause first: rank, exit code, signal and the rank's Python error."""
+def _failures(text: str) -> list[tuple[str | None, str | None, str]]:
+    """torchrun's failure entries, its root cause first, then the other failures: (rank, exit code, the last line
+    of the rank's Python traceback or '')."""
     import re
 
+    root_at, others_at = text.find("Root Cause"), text.find("Failures:")
+    if root_at < 0:
+        return []
+    parts = [text[root_at:], text[others_at:root_at] if 0 <= others_at < root_at else ""]
     entries = []
-    root_at = text.find("Root Cause")
-    for part in (text[root_at:] if root_at >= 0 else "", text[text.find("Failures:"):root_at] if "Failures:" in text
-                 and root_at >= 0 else ""):
-        for block in re.split(r"\n\[\d+\]:\n", part)[1:]:
-            rank = re.search(r"rank\s*:\s*(\d+)", block)
-            code = re.search(r"exitcode\s*:\s*(-?\d+)", block)
-            if not rank and not code:
-                continue
-            trace = [ln.strip() for ln in block.split("traceback :", 1)[1].splitlines()] if "traceback :" in block else []
-            trace = [ln for ln in trace if ln and not ln.startswith(("=", "-"))]
-            error = trace[-1] if trace and trace[0].startswith("Traceback") else ""
-            entries.append({"rank": rank.group(1) if rank else None, "code": code.group(1) if code else None,
-                            "error": error})
+    for block in (b for part in parts for b in re.split(r"\n\[\d+\]:\n", part)[1:]):
+        rank = re.search(r"rank\s*:\s*(\d+)", block)
+        code = re.search(r"exitcode\s*:\s*(-?\d+)", block)
+        trace = [ln.strip() for ln in block.partition("traceback :")[2].splitlines()]
+        trace = [ln for ln in trace if ln and not ln.startswith(("=", "-"))]
+        if rank or code:
+            entries.append((rank and rank.group(1), code and code.group(1),
+                            trace[-1] if trace and trace[0].startswith("Traceback") else ""))
     return entries
 
 
@@ -232,23 +232,21 @@ def failure(text: str) -> str:
     """Which rank failed and why, from torchrun's report (its "Root Cause" and "Failures" blocks) and the workers'
     stderr: the first entry whose error is not merely a lost peer."""
     entries = _failures(text)
-    first = next((e for e in entries if not any(m in e["error"] for m in _PEER_LOST)), entries[0] if entries else None)
-    if first is None:
-        errors = [ln.strip() for ln in text.splitlines() if ln.startswith("zoo: error:")]
-        return f"a worker failed ({errors[-1].removeprefix('zoo: error: ')[:200] if errors else 'see the report'})"
-    code = first["code"]
+    rank, code, error = next((e for e in entries if not any(m in e[2] for m in _PEER_LOST)),
+                             entries[0] if entries else (None, None, ""))
     died = signal.Signals(-int(code)).name if code and int(code) < 0 else ""
-    if first["error"]:  # the rank's own Python error (a signal may end it later: gloo aborts a process that exits
-        # with a process group still up)
-        cause = first["error"][:200] + (f", then {died} as it exited" if died else "")
+    zoo_errors = [ln.strip() for ln in text.splitlines() if ln.startswith("zoo: error:")]
+    if error:  # the rank's own Python error (a signal may end it later: gloo aborts a process that exits with a
+        # process group still up)
+        cause = error[:200] + (f", then {died} as it exited" if died else "")
     elif died:
         cause = f"killed by {died}"
+    elif zoo_errors:
+        cause = zoo_errors[-1].removeprefix("zoo: error: ")[:200]
     else:
-        errors = [ln.strip() for ln in text.splitlines() if ln.startswith("zoo: error:")]
-        cause = errors[-1].removeprefix("zoo: error: ")[:200] if errors else "it exited without a Python error"
+        cause = "it exited without a Python error" if entries else "see the report"
     exit_code = f"; exit code {code}" if code else ""
-    who = f"rank {first['rank']}" if first["rank"] else "a worker"
-    return f"{who} failed ({cause}{exit_code})"
+    return f"{f'rank {rank}' if rank else 'a worker'} failed ({cause}{exit_code})"
 
 
 def die_with_parent(signum: int = signal.SIGKILL) -> None:
