@@ -19,8 +19,9 @@ ZOO = """
 import json, resource, sys, time
 from pathlib import Path
 from zoo.data import tokens
+from zoo.tokenizers import Gpt2Tokenizer
 start = time.perf_counter()
-folder = tokens.prepare(sys.argv[1], progress=False, cache=Path(sys.argv[2]))
+folder = tokens.prepare(sys.argv[1], Gpt2Tokenizer(), progress=False, cache=Path(sys.argv[2]))
 seconds = time.perf_counter() - start
 manifest = json.loads((folder / "manifest.json").read_text())
 print(json.dumps({"seconds": seconds, "bytes": manifest["text_bytes"],

@@ -40,7 +40,7 @@ def test_sweep_trains_the_grid_and_compare_reports_it(zoo, make_recipe, tmp_path
 
     verdict = stats.welch(stats.Sample.of(lstm), stats.Sample.of(gru))
     assert rows[1]["p_value"] == pytest.approx(verdict.p) and rows[1]["significant"] == (verdict.p < 0.05)
-    assert rows[0]["test_bits_per_char"] == pytest.approx(rows[0]["test_loss"] / 0.6931471805599453)
+    assert rows[0]["test_bpb"] == pytest.approx(rows[0]["test_loss"] / 0.6931471805599453)  # ASCII characters
 
     plot = zoo("compare", *[tmp_path / "runs" / n for n in names], "--plot", tmp_path / "c.png", "--x", "tokens")
     assert plot.code == 0 and "(2 experiments, 4 runs)" in plot.err

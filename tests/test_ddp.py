@@ -59,6 +59,9 @@ def test_two_processes_equal_one_and_resume(make_recipe, tmp_path, model):
                   "--set", "model.qk_norm=true", "--set", "model.bias=false", "--set", "model.logit_softcap=15.0",
                   "--set", "model.zero_init_proj=true", "--set", 'optim={name = "muon", embedding_lr = 0.05}',
                   "--set", "train.lr=0.02"]
+    if model == "gpt2":  # with a BPE trained on the text (rank 0 trains it, the other reads it back)
+        extra += ["--set", "data.tokenizer=bpe", "--set", "data.vocab_size=320", "--set",
+                  f"data.cache_dir={tmp_path / 'cache'}"]
     if model.startswith("gpt2"):
         recipe = REPO / "recipes" / "gpt2_shakespeare_char.toml"
         extra += ["--set", f"data.source={make_recipe().parent / 'tiny.txt'}", "--set", "model.size=gpt2-micro",
@@ -81,6 +84,8 @@ def test_two_processes_equal_one_and_resume(make_recipe, tmp_path, model):
     assert len(curve_two) == 12 and curve_two == pytest.approx(curve_one, rel=tolerance)
     s1, s2 = read_summary(tmp_path / "runs" / "one"), read_summary(tmp_path / "runs" / "two")
     assert s2["tokens"] == s1["tokens"] and s2["test_loss"] == pytest.approx(s1["test_loss"], rel=tolerance)
+    for key in ("test_bpb", "best_val_bpb", "final_train_bpb", "test_bytes_per_token"):  # bytes summed over ranks
+        assert s2[key] == pytest.approx(s1[key], rel=tolerance), key
     if model == "char_rnn":  # a recurrent run's hidden state is split by rank: it resumes only on as many
         # processes as it ran on (a killed worker's restart, which resumes on the same number, is in the two-node
         # test below)

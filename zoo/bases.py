@@ -14,7 +14,7 @@ import torch
 from zoo.checkpoint import Checkpointer
 from zoo.errors import ZooError
 from zoo.models import gpt2
-from zoo.tokenizers import CharTokenizer, Gpt2Tokenizer, load_tokenizer
+from zoo.tokenizers import FIELDS, Gpt2Tokenizer, Tokenizer, load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -38,17 +38,20 @@ class Base:
             return gpt2.hub_section(self.spec)
         return dict(self._recipe()["model"])
 
-    @property
-    def tokenizer_kind(self) -> str:
-        return "gpt2" if self.hub else self._recipe().get("data", {}).get("tokenizer", "char")
+    def tokenizer_fields(self) -> dict[str, Any]:
+        """The [data] fields that name the base's tokenizer (`tokenizer` and its own fields), for a recipe made
+        from this base."""
+        if self.hub:
+            return {"tokenizer": "gpt2"}
+        data = self._recipe().get("data", {})
+        return {k: data[k] for k in ("tokenizer", *FIELDS) if k in data} | {"tokenizer": data.get("tokenizer", "char")}
 
-    def tokenizer(self) -> CharTokenizer | Gpt2Tokenizer:
-        """The base's tokenizer. A run's character vocabulary gets a fallback for characters it lacks (a space
-        if it has one), so any text encodes."""
-        if self.tokenizer_kind == "gpt2":
+    def tokenizer(self) -> Tokenizer:
+        """The base's tokenizer: a run's own, saved in it (a character vocabulary gets a fallback for characters
+        it lacks, so any text encodes); GPT-2's for Hugging Face GPT-2 weights."""
+        if self.hub:
             return Gpt2Tokenizer()
-        tok = load_tokenizer(self.folder / "tokenizer.json")
-        return CharTokenizer(tok.chars, fallback=" " if " " in tok.stoi else tok.chars[0])
+        return load_tokenizer(self.folder / "tokenizer.json").for_any_text()
 
     def load_into(self, backbone: torch.nn.Module, checkpoint: str = "best") -> str:
         """Copy the base's weights into a backbone of its architecture; returns what was loaded."""

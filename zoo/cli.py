@@ -139,14 +139,39 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
+    """The recipe's tokenizer (trained on its train split, or its cached copy) and token files, then the
+    compression table."""
     import json
 
-    from zoo.data import load_splits
+    from zoo.data import compression, load_splits
     from zoo.recipe import load_recipe
 
     recipe = load_recipe(_recipe_path(args.recipe), args.set)
-    _, _, info = load_splits(recipe.data)
-    print(json.dumps({k: v for k, v in info.items() if k != "manifest"}, indent=1))
+    tokenizer, _, info = load_splits(recipe.data)
+    print(json.dumps({"tokenizer": tokenizer.fingerprint, **{k: v for k, v in info.items() if k != "manifest"}},
+                     indent=1))
+    print(compression.table(recipe.data, tokenizer)[0], file=sys.stderr)
+    return 0
+
+
+def _cmd_train_tokenizer(args: argparse.Namespace) -> int:
+    """Train (or find cached) the recipe's tokenizer and print how well it compresses, beside GPT-2's."""
+    import json
+
+    from zoo.data import compression, recipe_tokenizer
+    from zoo.recipe import load_recipe
+
+    recipe = load_recipe(_recipe_path(args.recipe), args.set)
+    tokenizer, path, trained = recipe_tokenizer(recipe.data)
+    how = f"trained in {tokenizer.stats['seconds']:.1f} s on {tokenizer.stats['characters']:,} characters" \
+        if trained else "cached"
+    print(f"{tokenizer.fingerprint}: {tokenizer.vocab_size:,} ids, {how}" + (f" ({path})" if path else ""),
+          file=sys.stderr)
+    text, numbers = compression.table(recipe.data, tokenizer)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"tokenizer": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size,
+                                               "stats": tokenizer.stats, "bytes_per_token": numbers}, indent=1))
     return 0
 
 
@@ -224,13 +249,14 @@ def _report(runs: list, args: argparse.Namespace) -> None:
     """The comparison table of `runs` (the first is the baseline), notes on stderr, and the plot if asked."""
     from zoo import compare
 
-    rows = compare.compare(runs, _target(args.target_loss))
+    metric, why = compare.choose_metric(runs, args.metric)
+    rows = compare.compare(runs, _target(args.target_loss), metric)
     wanted = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     print(compare.render(rows, args.format, wanted))
-    for line in compare.notes(rows):
+    for line in ([why] if why else []) + compare.notes(rows):
         print(f"zoo: note: {line}", file=sys.stderr)
     if args.plot:
-        experiments, count = compare.plot(runs, args.plot, args.x, args.smooth)
+        experiments, count = compare.plot(runs, args.plot, args.x, args.smooth, metric)
         print(f"wrote {args.plot} ({experiments} experiments, {count} runs)", file=sys.stderr)
 
 
@@ -245,8 +271,6 @@ def _check_plot_args(args: argparse.Namespace) -> None:
 def _check_characters(tokenizer, texts: list[str]) -> None:
     """A character vocabulary reads characters it lacks as its fallback (training needs that): a text made only
     of such characters is refused, as `zoo sample` refuses them; one with a few is read with a warning."""
-    if tokenizer.kind != "char":
-        return
     unknown = [(i, tokenizer.unknown(t)) for i, t in enumerate(texts)]
     unknown = [(i, m) for i, m in unknown if m]
     if not unknown:
@@ -350,6 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.set_defaults(func=_cmd_prepare)
 
+    p = sub.add_parser("train-tokenizer", help="train a recipe's tokenizer (data.tokenizer = \"bpe\") on its train "
+                                               "split and print its bytes per token beside GPT-2's")
+    p.add_argument("recipe")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
+    p.set_defaults(func=_cmd_train_tokenizer)
+
     def add_model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("run", nargs="?", help="a run directory, e.g. runs/char_rnn_shakespeare")
         p.add_argument("--weights", help="GPT-2 weights instead of a run: gpt2 (Hub id) or hf:PATH")
@@ -408,9 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--columns", metavar="A,B,...",
                        help="the table's columns, in order (e.g. experiment,n,fields,test_loss,test_loss_std,"
                             "delta_test,p_value,significant); an unknown name lists them all")
-        p.add_argument("--target-loss", metavar="LOSS|baseline",
-                       help="add the steps, tokens and seconds at which each run's val loss first reached LOSS "
-                            "(baseline: the first experiment's mean final val loss)")
+        p.add_argument("--target-loss", metavar="VALUE|baseline",
+                       help="add the steps, tokens and seconds at which each run's val loss (or bpb, with --metric "
+                            "bpb) first reached VALUE (baseline: the first experiment's mean final val value)")
+        p.add_argument("--metric", default="auto", choices=["auto", "loss", "bpb"],
+                       help="what the table, deltas, target and plot measure: loss (nats per token), bpb (bits per "
+                            "byte) or auto (bpb where the runs' tokenizers differ, loss otherwise)")
 
     p = sub.add_parser("compare", help="compare runs: differing fields, cost, losses, deltas, noise; plot")
     p.add_argument("runs", nargs="+", help="run directories; the first is the baseline")

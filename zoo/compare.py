@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -49,10 +48,6 @@ class RunInfo:
             if value <= target * (1 + 1e-6):  # TensorBoard stores float32: a run reaches its own final loss
                 return step, step * self.tokens_per_step(), self.seconds_at().get(step)
         return None
-
-    def bits_per_char(self) -> float | None:
-        loss, cpt = self.summary.get("test_loss"), self.summary.get("test_chars_per_token")
-        return loss / math.log(2) / cpt if loss is not None and cpt else None
 
 
 def read_run(path: str | Path) -> RunInfo:
@@ -136,28 +131,58 @@ def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def compare(runs: list[RunInfo], target: float | str | None = None) -> list[dict[str, Any]]:
+METRICS = ("auto", "loss", "bpb")
+TOKENIZER_FIELDS = ("data.tokenizer", "data.vocab_size", "data.tokenizer_pattern", "data.tokenizer_max_chars")
+UNITS = {"loss": "nats per token", "bpb": "bits per byte"}
+
+
+def tokenizers_differ(runs: list[RunInfo]) -> bool:
+    """Whether the runs' losses are in different units: another tokenizer kind or settings, or another
+    vocabulary (a character vocabulary learned from other text)."""
+    return any(len({json.dumps(r.recipe.get(k)) for r in runs}) > 1 for k in TOKENIZER_FIELDS) or \
+        len({r.summary.get("vocab_size") for r in runs}) > 1
+
+
+def choose_metric(runs: list[RunInfo], metric: str = "auto") -> tuple[str, str]:
+    """(metric, note): `auto` judges by bits per byte where the runs' tokenizers differ, by the loss otherwise;
+    the note says why, or warns that losses of different tokenizers were asked for."""
+    differ = len(runs) > 1 and tokenizers_differ(runs)
+    if metric not in METRICS:
+        raise ZooError(f"--metric {metric!r}: use loss, bpb or auto")
+    if metric == "auto":
+        metric = "bpb" if differ else "loss"
+        return metric, ("the runs' tokenizers differ (nats per token of different vocabularies do not compare): "
+                        "judged by bits per byte" if differ else "")
+    if metric == "loss" and differ:
+        return metric, ("the runs' tokenizers differ, so their losses (nats per token) do not compare: --metric bpb "
+                        "judges them by bits per byte")
+    return metric, ""
+
+
+def compare(runs: list[RunInfo], target: float | str | None = None, metric: str = "loss") -> list[dict[str, Any]]:
     """One row per experiment (runs that differ only in run.seed/data.seed are one row: n, mean, sample std and
-    95% interval of the test loss), with the delta of each row's mean test loss against the first row's and
-    Welch's t-test of it. The test loss is the best checkpoint's (summary.json's test_loss); final_test_loss
-    is the last weights'. With `target` (a loss, or "baseline" for the first row's mean final val loss), the
-    step, tokens and training seconds at which each run's val loss first reached it, averaged over its seeds."""
+    95% interval of the test `metric`), with the delta of each row's mean against the first row's and Welch's
+    t-test of it. `metric` is "loss" (nats per token: test_loss, the best checkpoint's, and final_test_loss, the
+    last weights') or "bpb" (bits per byte: test_bpb, final_test_bpb), with the val columns to match. With
+    `target` (a value of the metric, or "baseline" for the first row's mean final val value), the step, tokens
+    and training seconds at which each run's val metric first reached it, averaged over its seeds."""
     if not runs:
         raise ZooError("name at least one run directory to compare")
+    m = metric
     keys = differing(runs)
     groups = _groups(runs, keys)
     base_task = runs[0].recipe.get("task.kind", "lm")
     if target == "baseline":
-        finals = _values(groups[0][0], "final_val_loss")
+        finals = _values(groups[0][0], f"final_val_{m}")
         if not finals:
-            raise ZooError(f"--target-loss baseline: {groups[0][0][0].name} has no final val loss")
+            raise ZooError(f"--target-loss baseline: {groups[0][0][0].name} has no final val {m}")
         target = statistics.fmean(finals)
     rows: list[dict[str, Any]] = []
     base: Sample | None = None
     base_target_tokens = None
     for i, (group, note) in enumerate(groups):
         first = group[0]
-        test = Sample.of(_values(group, "test_loss"))
+        test = Sample.of(_values(group, f"test_{m}"))
         row: dict[str, Any] = {
             "experiment": _label(group), "runs": [r.name for r in group], "n": len(group),
             **{k: first.recipe.get(k) for k in _shown(keys, runs)},
@@ -168,18 +193,21 @@ def compare(runs: list[RunInfo], target: float | str | None = None) -> list[dict
             "wall_time_s": statistics.fmean(r.summary.get("wall_time_s", 0.0) for r in group),
             "tokens_per_s": statistics.fmean(r.summary.get("tokens_per_s", r.summary.get("examples_per_s", 0.0))
                                              for r in group),
-            "best_val_loss": _mean(_values(group, "best_val_loss")),
-            "final_val_loss": _mean(_values(group, "final_val_loss")),
-            "test_loss": test.mean if test else None,
-            "test_loss_std": test.std if test else None,
-            "test_loss_ci95": test.ci95 if test else None,
-            "final_test_loss": _mean(_values(group, "final_test_loss")),
-            "test_bits_per_char": _mean([b for r in group if (b := r.bits_per_char()) is not None]),
+            f"best_val_{m}": _mean(_values(group, f"best_val_{m}")),
+            f"final_val_{m}": _mean(_values(group, f"final_val_{m}")),
+            f"test_{m}": test.mean if test else None,
+            f"test_{m}_std": test.std if test else None,
+            f"test_{m}_ci95": test.ci95 if test else None,
+            f"final_test_{m}": _mean(_values(group, f"final_test_{m}")),
+            **({"test_bpb": _mean(_values(group, "test_bpb"))} if m == "loss" else
+               {"test_loss": _mean(_values(group, "test_loss"))}),
             "delta_test": None, "delta_ci95": None, "p_value": None, "significant": None,
             "note": note,
         }
         if first.recipe.get("task.kind", "lm") != base_task:
             row["note"] = f"another task ({first.recipe.get('task.kind')}) than the first run's: no delta"
+        elif m == "bpb" and test is None and not note:
+            row["note"] = "no bits per byte in its summary (trained before zoo reported them, or not a language model)"
         elif i == 0:
             base = test
             row["delta_test"] = 0.0 if test else None
@@ -188,9 +216,9 @@ def compare(runs: list[RunInfo], target: float | str | None = None) -> list[dict
             if (w := welch(base, test)) is not None:
                 row.update(delta_ci95=w.ci95, p_value=w.p, significant=w.significant)
         if target is not None:
-            hits = [h for r in group if (h := r.reached(float(target))) is not None]
+            hits = [h for r in group if (h := r.reached(float(target), f"{m}/val")) is not None]
             seconds = [h[2] for h in hits if h[2] is not None]
-            row.update(target_loss=float(target), target_reached=f"{len(hits)}/{len(group)}",
+            row.update({f"target_{m}": float(target)}, target_reached=f"{len(hits)}/{len(group)}",
                        target_step=_mean([h[0] for h in hits]), target_tokens=_mean([h[1] for h in hits]),
                        target_seconds=_mean(seconds) if len(seconds) == len(hits) else None)
             if i == 0:
@@ -201,6 +229,10 @@ def compare(runs: list[RunInfo], target: float | str | None = None) -> list[dict
     return rows
 
 
+def metric_of(rows: list[dict[str, Any]]) -> str:
+    return "bpb" if rows and "test_bpb_std" in rows[0] else "loss"
+
+
 def notes(rows: list[dict[str, Any]]) -> list[str]:
     """Warnings about rows that are not comparable with the first (another task, unfinished, duplicates)."""
     return [f"{r['experiment']}: {r['note']}" for r in rows if r.get("note")]
@@ -208,17 +240,23 @@ def notes(rows: list[dict[str, Any]]) -> list[str]:
 
 def rules(rows: list[dict[str, Any]]) -> list[str]:
     """What the table's columns mean and the rule its verdicts follow, to print under it."""
-    out = ["test loss: the best checkpoint's (lowest val loss), nats per token; runs differing only in run.seed or "
+    m = metric_of(rows)
+    what = "loss" if m == "loss" else "bpb"
+    out = [f"test {what}: the best checkpoint's (lowest val loss), {UNITS[m]}; runs differing only in run.seed or "
            "data.seed form one row of n runs: mean, sample std (– for n = 1) and the 95% confidence interval of "
            "the mean (Student's t)."]
+    if m == "bpb":
+        out.append("bits per byte: the test split's summed nats over ln 2 times its summed UTF-8 bytes (special "
+                   "tokens left out): one measure for every tokenizer.")
     if len(rows) > 1:
-        out.append(f"delta: mean test loss minus the first row's (the baseline); significant: Welch's two-sided "
+        out.append(f"delta: mean test {what} minus the first row's (the baseline); significant: Welch's two-sided "
                    f"t-test p < {ALPHA} (needs n >= 2 in both rows, – otherwise); delta 95% CI ±: Welch's interval "
                    "of the difference.")
-    if any(r.get("final_test_loss") not in (None, r.get("test_loss")) for r in rows):
-        out.append("test loss (last): the last weights' test loss, where the best checkpoint was an earlier one.")
-    if rows and "target_loss" in rows[0]:
-        out.append(f"target: val loss <= {rows[0]['target_loss']:.4f}; the first evaluation reaching it (so to within "
+    if any(r.get(f"final_test_{m}") not in (None, r.get(f"test_{m}")) for r in rows):
+        out.append(f"test {what} (last): the last weights' test {what}, where the best checkpoint was an earlier one.")
+    if rows and f"target_{m}" in rows[0]:
+        out.append(f"target: val {what} <= {rows[0][f'target_{m}']:.4f}; the first evaluation reaching it (so to "
+                   "within "
                    "eval.interval steps), mean over the seeds that reached it (reached: how many did); tokens vs "
                    "baseline: tokens to target over the first row's.")
     return out
@@ -229,12 +267,14 @@ WHOLE = ("params", "tokens", "steps", "wall_time_s", "tokens_per_s", "target_ste
 HEADERS = {"test_loss": "test loss (best ckpt)", "test_loss_std": "std", "test_loss_ci95": "95% CI ±",
            "final_test_loss": "test loss (last)", "delta_test": "delta", "delta_ci95": "delta 95% CI ±",
            "p_value": "p (Welch)", "best_val_loss": "best val", "final_val_loss": "final val",
-           "wall_time_s": "time (s)", "tokens_per_s": "tokens/s", "test_bits_per_char": "test bits/char",
+           "test_bpb": "test bpb (best ckpt)", "test_bpb_std": "std", "test_bpb_ci95": "95% CI ±",
+           "final_test_bpb": "test bpb (last)", "best_val_bpb": "best val bpb", "final_val_bpb": "final val bpb",
+           "wall_time_s": "time (s)", "tokens_per_s": "tokens/s",
            "target_step": "steps to target", "target_tokens": "tokens to target",
            "target_seconds": "seconds to target", "target_tokens_ratio": "tokens vs baseline",
            "target_reached": "reached"}
-LOSSES = ("best_val_loss", "final_val_loss", "test_loss", "test_loss_std", "test_loss_ci95", "final_test_loss",
-          "test_bits_per_char", "delta_test", "delta_ci95")
+LOSSES = tuple(f"{k}_{m}" for m in ("loss", "bpb") for k in ("best_val", "final_val", "test", "final_test")) + \
+    tuple(f"test_{m}_{k}" for m in ("loss", "bpb") for k in ("std", "ci95")) + ("delta_test", "delta_ci95")
 NONE = "–"
 
 
@@ -273,15 +313,18 @@ def columns(rows: list[dict[str, Any]], wanted: list[str] | None = None) -> list
             raise ZooError(f"--columns: no column {', '.join(unknown)}; columns: fields (the differing recipe "
                            f"fields), {', '.join(known)}")
         return chosen
-    cols = [c for c in rows[0] if c not in ("runs", "note", "target_loss")]
+    cols = [c for c in rows[0] if c not in ("runs", "note", "target_loss", "target_bpb")]
 
     def empty(c: str) -> bool:
         return all(r.get(c) is None for r in rows)
 
-    drop = {c for c in ("test_loss_std", "test_loss_ci95", "delta_ci95", "p_value", "significant",
-                        "test_bits_per_char", "target_seconds", "target_tokens_ratio") if empty(c)}
-    if all(r.get("final_test_loss") in (None, r.get("test_loss")) for r in rows):
-        drop.add("final_test_loss")  # the best checkpoint was the last one everywhere
+    m = metric_of(rows)
+    drop = {c for c in (f"test_{m}_std", f"test_{m}_ci95", "delta_ci95", "p_value", "significant", "test_bpb",
+                        "test_loss", "target_seconds", "target_tokens_ratio") if c in rows[0] and empty(c)}
+    if m == "bpb":
+        drop.add("test_loss")  # the test losses of different tokenizers: not a column to read across rows
+    if all(r.get(f"final_test_{m}") in (None, r.get(f"test_{m}")) for r in rows):
+        drop.add(f"final_test_{m}")  # the best checkpoint was the last one everywhere
     if len(rows) == 1:
         drop.add("delta_test")
     return [c for c in cols if c not in drop]
@@ -359,7 +402,8 @@ def _colours(n: int) -> list:
     return [matplotlib.colormaps["turbo"](i / max(1, n - 1)) for i in range(n)]
 
 
-def plot(runs: list[RunInfo], path: str | Path, x: str = "step", smooth: float = 0.0) -> tuple[int, int]:
+def plot(runs: list[RunInfo], path: str | Path, x: str = "step", smooth: float = 0.0,
+         metric: str = "loss") -> tuple[int, int]:
     """Training and validation loss of each experiment (runs differing only in their seeds) against step,
     tokens or training time: one colour per experiment, its mean over seeds as a line and the min-max range as
     a band, the legend outside the axes; `smooth` is TensorBoard's EMA factor for the training curves. Returns
@@ -375,23 +419,25 @@ def plot(runs: list[RunInfo], path: str | Path, x: str = "step", smooth: float =
     drawn = 0
     for group, colour in zip(groups, colours, strict=True):
         label = f"{_label(group)} (n={len(group)})"
-        for ax, tag, s in ((axes[0], "loss/train", smooth), (axes[1], "loss/val", 0.0)):
+        for ax, tag, s in ((axes[0], f"{metric}/train", smooth), (axes[1], f"{metric}/val", 0.0)):
             band = _band(group, tag, x, s)
             if band is None:
                 continue
             xs, mean, low, high = band
-            ax.plot(xs, mean, color=colour, lw=1.4, label=label if tag == "loss/val" else None,
-                    marker="o" if tag == "loss/val" and len(xs) < 40 else None, markersize=2.5)
+            ax.plot(xs, mean, color=colour, lw=1.4, label=label if tag.endswith("/val") else None,
+                    marker="o" if tag.endswith("/val") and len(xs) < 40 else None, markersize=2.5)
             if len(group) > 1:
                 ax.fill_between(xs, low, high, color=colour, alpha=0.18, lw=0)
         drawn += 1
     xlabel = {"step": "optimizer step", "tokens": "tokens seen", "time": "training time (s)"}[x]
-    for ax, title in zip(axes, ("training loss" + (f" (EMA {smooth})" if smooth else ""), "validation loss"),
+    what = "loss" if metric == "loss" else "bits per byte"
+    # train bpb comes from each evaluation's train slice, the train loss from every logged step
+    for ax, title in zip(axes, (f"training {what}" + (f" (EMA {smooth})" if smooth else ""), f"validation {what}"),
                          strict=True):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("loss (nats per token; mean over seeds, band: min–max)")
+    axes[0].set_ylabel(f"{what} ({UNITS[metric]}; mean over seeds, band: min–max)")
     _zoom(axes[1])
     fig.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()

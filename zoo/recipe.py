@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from zoo import registry
+from zoo import registry, tokenizers
 from zoo.config import Section, check, doc
 from zoo.errors import RecipeError
 from zoo.optimizers.classic import OptimConfig  # the default [optim] (adamw); others come from the registry
@@ -54,8 +54,17 @@ class DataConfig(Section):
     source: str = doc(
         "embedded:tinyshakespeare; a local file, folder or glob of .txt/.jsonl/.parquet; or hf:NAME[:CONFIG] "
         "(streamed from the Hugging Face Hub)", "embedded:tinyshakespeare")
-    tokenizer: Literal["char", "gpt2"] = doc(
-        "char: the training text's characters, sorted; gpt2: OpenAI's GPT-2 BPE (50,257 ids)", "char")
+    tokenizer: str = doc(
+        "char: the training text's characters, sorted; gpt2: OpenAI's GPT-2 BPE (50,257 ids); bpe: a byte-level "
+        "BPE trained on the train split (data.vocab_size, data.tokenizer_pattern); hf:PATH: the tokenizer.json of a "
+        "transformers folder", "char")
+    vocab_size: int = doc("bpe: ids in the trained vocabulary, the 256 bytes and <|endoftext|> included (0 = 4,096)",
+                          0)
+    tokenizer_pattern: Literal["gpt4", "gpt2"] = doc(
+        "bpe: the split pattern merges never cross: gpt4 (cl100k's: digits in pieces of 1-3, contractions in any "
+        "case) or gpt2 (GPT-2's)", "gpt4")
+    tokenizer_max_chars: int = doc("bpe: train the tokenizer on at most this many characters of the train split "
+                                   "(0 = all of it)", 2_000_000_000)
     splits: tuple[float, float, float] = doc(
         "train/val/test fractions of a single text, cut by position (test may be 0 with eval.test = false)",
         (0.9, 0.05, 0.05))
@@ -88,6 +97,16 @@ class DataConfig(Section):
         for key in ("max_tokens", "test_offset", "test_tokens"):
             check(getattr(self, key) >= 0, f"data.{key}", f"is {getattr(self, key)}; it must be >= 0")
         check(-1 <= self.seed < 2**32, "data.seed", f"is {self.seed}; use -1 (run.seed's order) or 0 to 4294967295")
+        spec, argument = tokenizers.selected(self.tokenizer)
+        defaults = DataConfig()
+        for key in tokenizers.FIELDS:
+            if key not in spec.fields and getattr(self, key) != getattr(defaults, key):
+                users = [s.name for s in tokenizers.TOKENIZERS.values() if key in s.fields]
+                raise RecipeError(f"recipe value data.{key} is for data.tokenizer = {' or '.join(map(repr, users))}, "
+                                  f"not {self.tokenizer!r}; remove it, or set data.tokenizer = \"{users[0]}\"")
+        if problem := spec.check(self, argument):
+            raise RecipeError(f"recipe value {problem}")
+        check(self.tokenizer_max_chars >= 0, "data.tokenizer_max_chars", f"is {self.tokenizer_max_chars}; use >= 0")
 
 
 @dataclass(frozen=True)
@@ -152,6 +171,8 @@ class EvalConfig(Section):
     max_tokens: int = doc("tokens of the fixed validation slice (0 = the whole split)", 0)
     batch_size: int = doc("streams (or windows) per evaluation batch", 16)
     test: bool = doc("compute the test-split loss at the end (written to summary.json)", True)
+    train: bool = doc("language models: also evaluate a fixed slice of the train split at each evaluation (as many "
+                      "tokens as the val slice; bpb/train beside bpb/val)", True)
     sample_tokens: int = doc("length of the text sample logged at each evaluation (0 = none)", 200)
     sample_prompt: str = doc("prompt of that sample (empty = the first character of the val split)", "")
     sample_temperature: float = doc("temperature of that sample", 0.8)

@@ -138,4 +138,5 @@ def base_summary(session, counters, status: str) -> dict:
         "precision": s.precision, "vocab_size": s.tokenizer.vocab_size,
         "final_train_loss": c.last_train_loss, "final_val_loss": c.last_val,
         "best_val_loss": c.best_val if math.isfinite(c.best_val) else None, "best_step": c.best_step,
+        **c.best_tracked, **c.last_tracked,
     }

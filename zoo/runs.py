@@ -27,7 +27,7 @@ from zoo.recipe import (
     recipe_to_dict,
     recipe_with_overrides,
 )
-from zoo.tokenizers import CharTokenizer, load_tokenizer
+from zoo.tokenizers import Tokenizer, load_tokenizer
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
 
@@ -184,7 +184,7 @@ class LoadedRun:
 
     run_dir: Path
     recipe: Recipe
-    tokenizer: CharTokenizer
+    tokenizer: Tokenizer
     model: nn.Module
     checkpoint: Path
     meta: dict[str, Any]

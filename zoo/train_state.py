@@ -37,9 +37,13 @@ class Counters:
     ended: str = ""
     last_val: float | None = None
     last_train_loss: float = math.nan
+    # the task's tracked numbers (bits per byte) of the best and the last evaluation, by summary.json name
+    best_tracked: dict[str, float] = dataclasses.field(default_factory=dict)
+    last_tracked: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-NEWER_COUNTERS = ("ended", "last_val", "last_train_loss")
+NEWER_COUNTERS = ("ended", "last_val", "last_train_loss", "best_tracked", "last_tracked")
+TRACKED = ("best_tracked", "last_tracked")
 
 
 def counters_from(saved: dict[str, Any], where: Path) -> Counters:
@@ -50,7 +54,10 @@ def counters_from(saved: dict[str, Any], where: Path) -> Counters:
     if extra or missing:
         raise CheckpointError(f"{where}/state.pt has counters that do not fit this zoo (missing "
                               f"{', '.join(missing) or 'none'}; unknown {', '.join(extra) or 'none'})")
-    bad = [k for k, v in saved.items() if k != "ended" and v is not None and not isinstance(v, int | float)]
+    bad = [k for k, v in saved.items() if k not in ("ended", *TRACKED) and v is not None
+           and not isinstance(v, int | float)]
+    bad += [k for k in TRACKED if k in saved and not (isinstance(saved[k], dict) and all(
+        isinstance(n, str) and isinstance(v, int | float) for n, v in saved[k].items()))]
     if bad or not isinstance(saved.get("ended", ""), str):
         raise CheckpointError(f"{where}/state.pt has counters of the wrong type ({', '.join(bad) or 'ended'})")
     return Counters(**saved)

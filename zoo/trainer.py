@@ -284,15 +284,24 @@ class Trainer:
             raise self._diverged("validation loss", loss, c.step)
         c.last_val = loss
         improved = loss < c.best_val
+        tracked = self.task.tracked(val)
+        c.last_tracked = {f"final_val_{k}": v for k, v in tracked.items()}
         if improved:
             c.best_val, c.best_step, c.evals_since_best = loss, c.step, 0
+            c.best_tracked = {f"best_val_{k}": v for k, v in tracked.items()}
         else:
             c.evals_since_best += 1
-        self.logger.scalars({"loss/val": loss, **self.task.scalars("val", val)}, c.step)
+        scalars = {"loss/val": loss, **self.task.scalars("val", val)}
+        if self.task.evaluates_train:
+            train = self.evaluate("train")
+            c.last_tracked.update({f"final_train_{k}": v for k, v in self.task.tracked(train).items()})
+            scalars.update(self.task.scalars("train", train))
+        self.logger.scalars(scalars, c.step)
         sample = self.task.sample(self.model, c.step, self.device) if self.main else ""
         if sample:
             self.logger.text("sample", sample, c.step)
-        progress.line(f"eval step {c.step}: val loss {loss:.4f}{' (best)' if improved else ''}")
+        shown = "".join(f" | val {k} {v:.4f}" for k, v in tracked.items())
+        progress.line(f"eval step {c.step}: val loss {loss:.4f}{shown}{' (best)' if improved else ''}")
         patience = self.recipe.train.early_stop_patience
         return improved, bool(patience and c.evals_since_best >= patience)
 

@@ -1,5 +1,6 @@
 """Pre-training data for BPE models: documents from local text/jsonl/parquet files or a Hugging Face dataset
-(streamed), tokenised once into memory-mapped uint16 token files with a manifest, cached and reused.
+(streamed), tokenised once into memory-mapped token files (uint16 while the vocabulary fits, uint32 above 65,536
+ids) with a manifest, cached and reused under a key of the source, the settings and the tokenizer.
 
 A source is a sequence of documents; each document's tokens are followed by `<|endoftext|>`. Documents go to
 train or validation by index (every `round(1 / val_fraction)`-th to validation), so the split is the same on
@@ -23,7 +24,7 @@ import numpy as np
 
 from zoo import __version__, cache_home
 from zoo.errors import DataError
-from zoo.tokenizers import Gpt2Tokenizer
+from zoo.tokenizers import Tokenizer, tokenizer_from_dict
 
 FORMAT = 1
 LOCAL_FORMATS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "json", ".json": "json",
@@ -110,10 +111,47 @@ def document_batches(source: str, text_field: str = "text", errors: str = "stric
     yield from _dataset_batches(dataset, text_field, source, size)
 
 
-def _encode(texts: list[str]) -> list[bytes]:
-    """uint16 bytes of each document's ids followed by <|endoftext|> (runs in worker processes)."""
-    tok = Gpt2Tokenizer()
-    return [np.asarray([*ids, tok.eot], dtype=np.uint16).tobytes() for ids in tok.encode_batch(texts, threads=1)]
+_WORKER: Tokenizer | None = None
+
+
+def _init_worker(saved: dict) -> None:
+    """A worker process's tokenizer, rebuilt once from its saved form (safe under spawn)."""
+    global _WORKER
+    _WORKER = tokenizer_from_dict(saved)
+
+
+def _encode(texts: list[str], tok: Tokenizer | None = None) -> list[bytes]:
+    """The token file bytes of each document's ids followed by its end-of-text id (runs in worker processes)."""
+    tok = tok or _WORKER
+    assert tok is not None and tok.eot is not None
+    return [np.asarray([*ids, tok.eot], dtype=tok.dtype).tobytes() for ids in tok.encode_batch(texts, threads=1)]
+
+
+def val_every(val_fraction: float) -> int:
+    """Every n-th document goes to validation (0: none)."""
+    return max(2, round(1 / val_fraction)) if val_fraction > 0 else 0
+
+
+def is_val(index: int, every: int) -> bool:
+    return bool(every) and index % every == every - 1
+
+
+def documents(source: str, which: str = "train", *, text_field: str = "text", val_fraction: float = 0.01,
+              errors: str = "strict") -> Iterator[str]:
+    """The documents of a source, one by one: the train split's ("train", what a tokenizer is trained on: no
+    validation or test text), the validation split's ("val", which holds the test slice too) or all ("all")."""
+    every, index = val_every(val_fraction), 0
+    for batch in document_batches(source, text_field, errors):
+        for doc in batch:
+            if which == "all" or is_val(index, every) == (which == "val"):
+                yield doc
+            index += 1
+
+
+def source_stamp(source: str) -> dict:
+    """What identifies a source's content for cache keys: its files' paths, sizes and times (a Hub name as is)."""
+    files = None if source.startswith("hf:") else local_files(source)
+    return {"stamp": _fingerprint(source, files, {})}
 
 
 def _fingerprint(source: str, files: list[Path] | None, settings: dict) -> str:
@@ -124,14 +162,15 @@ def _fingerprint(source: str, files: list[Path] | None, settings: dict) -> str:
     return h.hexdigest()[:16]
 
 
-def prepare(source: str, *, text_field: str = "text", val_fraction: float = 0.01, max_tokens: int = 0,
-            errors: str = "strict", chunk_documents: int = 256, workers: int = 0, progress: bool = True,
-            cache: Path | None = None) -> Path:
-    """Tokenise `source` with GPT-2 BPE into `<cache>/<fingerprint>/{train,val}.bin` + `manifest.json`, unless
-    that folder exists already. `max_tokens` stops once the train split holds that many (0 = whole source).
+def prepare(source: str, tokenizer: Tokenizer, *, text_field: str = "text", val_fraction: float = 0.01,
+            max_tokens: int = 0, errors: str = "strict", chunk_documents: int = 256, workers: int = 0,
+            progress: bool = True, cache: Path | None = None) -> Path:
+    """Tokenise `source` with `tokenizer` into `<cache>/<fingerprint>/{train,val}.bin` + `manifest.json`, unless
+    that folder exists already (the fingerprint covers the source, the settings and the tokenizer). `max_tokens`
+    stops once the train split holds that many (0 = whole source).
     `workers` processes encode chunks in parallel (0 = one per CPU core)."""
     files = None if source.startswith("hf:") else local_files(source)
-    settings = {"tokenizer": "gpt2", "text_field": text_field, "val_fraction": val_fraction,
+    settings = {"tokenizer": tokenizer.fingerprint, "text_field": text_field, "val_fraction": val_fraction,
                 "max_tokens": max_tokens, "errors": errors}
     folder = (cache or cache_root()) / _fingerprint(source, files, settings)
     if (folder / "manifest.json").is_file():
@@ -140,7 +179,8 @@ def prepare(source: str, *, text_field: str = "text", val_fraction: float = 0.01
     tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    every = max(2, round(1 / val_fraction)) if val_fraction > 0 else 0
+    every = val_every(val_fraction)
+    itemsize = np.dtype(tokenizer.dtype).itemsize
     counts = {"train": 0, "val": 0}
     docs = {"train": 0, "val": 0}
     hashes = {"train": hashlib.sha256(), "val": hashlib.sha256()}
@@ -155,11 +195,10 @@ def prepare(source: str, *, text_field: str = "text", val_fraction: float = 0.01
     def flush(chunk: list[str], encoded: list[bytes], first_index: int) -> None:
         nonlocal n_bytes
         for offset, data in enumerate(encoded):
-            split = "val" if every and (first_index + offset) % every == every - 1 else "train"
-            ids = data
+            split = "val" if is_val(first_index + offset, every) else "train"
             outs[split].write(data)
             hashes[split].update(data)
-            counts[split] += len(ids) // 2
+            counts[split] += len(data) // itemsize
             docs[split] += 1
         n_bytes += sum(len(d.encode("utf-8")) for d in chunk)
         if bar is not None:
@@ -172,7 +211,8 @@ def prepare(source: str, *, text_field: str = "text", val_fraction: float = 0.01
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(tokenizer.to_dict(),))
     try:
         index = 0
         pending: deque = deque()  # at most 2 chunks per worker in flight: memory stays bounded
@@ -180,7 +220,7 @@ def prepare(source: str, *, text_field: str = "text", val_fraction: float = 0.01
             pending.append((chunk, pool.submit(_encode, chunk) if pool else None))
             while pending and (len(pending) > 2 * workers or pool is None):
                 done, future = pending.popleft()
-                flush(done, future.result() if future else _encode(done), index)
+                flush(done, future.result() if future else _encode(done, tokenizer), index)
                 index += len(done)
             if max_tokens and counts["train"] >= max_tokens:
                 break
@@ -202,7 +242,9 @@ def prepare(source: str, *, text_field: str = "text", val_fraction: float = 0.01
         raise DataError(f"data source {source} yielded no text to train on")
     seconds = time.perf_counter() - start
     manifest = {
-        "source": source, "tokenizer": "gpt2", "dtype": "uint16", "format": FORMAT, "zoo_version": __version__,
+        "source": source, "tokenizer": tokenizer.fingerprint, "tokenizer_kind": tokenizer.kind,
+        "vocab_size": tokenizer.vocab_size, "dtype": np.dtype(tokenizer.dtype).name, "format": FORMAT,
+        "zoo_version": __version__,
         "settings": settings, "documents": docs, "tokens": counts,
         "sha256": {k: h.hexdigest() for k, h in hashes.items()}, "text_bytes": n_bytes,
         "seconds": round(seconds, 3), "files": [str(p) for p in files or []],
@@ -215,15 +257,28 @@ def prepare(source: str, *, text_field: str = "text", val_fraction: float = 0.01
     return folder
 
 
-def load(folder: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """The manifest and the memory-mapped train/val token arrays of a prepared folder."""
+def load(folder: Path, tokenizer: Tokenizer | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+    """The manifest and the memory-mapped train/val token arrays of a prepared folder, checked against the
+    tokenizer that is to read them (a folder made by another one is refused, never deleted)."""
     manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    made_by = manifest.get("tokenizer", "gpt2")
+    if tokenizer is not None and made_by != tokenizer.fingerprint:
+        raise DataError(f"token cache {folder} was made by the {made_by} tokenizer, not this run's "
+                        f"{tokenizer.fingerprint}; set data.cache_dir to another folder, or move {folder} away to "
+                        "prepare it again")
+    name = manifest.get("dtype", "uint16")
+    if name not in ("uint16", "uint32"):
+        raise DataError(f"token cache {folder} has token files of dtype {name!r}; move it away to prepare it again")
+    dtype = np.dtype(name)
+    if tokenizer is not None and dtype != np.dtype(tokenizer.dtype):
+        raise DataError(f"token cache {folder} holds {name} ids but {tokenizer.fingerprint} needs "
+                        f"{np.dtype(tokenizer.dtype).name}; move it away to prepare it again")
     arrays = {}
     for split in ("train", "val"):
         path = folder / f"{split}.bin"
         size = path.stat().st_size
-        if size != 2 * manifest["tokens"][split]:
+        if size != dtype.itemsize * manifest["tokens"][split]:
             raise DataError(f"token file {path} is truncated ({size} bytes, manifest says "
-                            f"{manifest['tokens'][split]} tokens); delete {folder} to prepare it again")
-        arrays[split] = np.memmap(path, dtype=np.uint16, mode="r") if size else np.zeros(0, dtype=np.uint16)
+                            f"{manifest['tokens'][split]} tokens of {name}); move {folder} away to prepare it again")
+        arrays[split] = np.memmap(path, dtype=dtype, mode="r") if size else np.zeros(0, dtype=dtype)
     return manifest, arrays

@@ -103,12 +103,13 @@ def usage_prompt(run) -> str:
             words = []
         if words:
             return " ".join(words)
-    return "<|endoftext|>" if run.tokenizer.kind == "gpt2" else "\n"
+    return run.tokenizer.eot_text or "\n"
 
 
 def _metrics_table(summary: dict) -> str:
     rows = [("best validation loss", "best_val_loss"), ("test loss (best checkpoint)", "test_loss"),
-            ("test loss (last weights)", "final_test_loss"), ("test bits per character", "test_bits_per_char")]
+            ("test loss (last weights)", "final_test_loss"), ("best validation bits per byte", "best_val_bpb"),
+            ("test bits per byte (best checkpoint)", "test_bpb")]
     lines = [f"| {label} | {summary[key]:.4f} |" for label, key in rows if isinstance(summary.get(key), int | float)]
     for key in ("accuracy", "precision", "recall", "f1"):
         if key in summary.get("test_metrics", {}):

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from zoo.errors import ZooError
-from zoo.export.common import classifier_parts, labels, tokenizer_for, transformers_module
+from zoo.export.common import classifier_parts, export_pad_id, labels, tokenizer_for, transformers_module
 from zoo.models.gpt2 import CONV1D
 
 
@@ -55,8 +55,7 @@ def _llama_names(name: str, tensor: torch.Tensor, width: int) -> dict[str, torch
     return {prefix + renamed[rest]: tensor}
 
 
-def _config(transformers, where: str, model, cfg, vocab: int, classifier: bool, extra: dict):
-    eot = 50256 if vocab > 50256 else None
+def _config(transformers, where: str, model, cfg, vocab: int, classifier: bool, extra: dict, eot: int | None):
     if where == "gpt2":
         return transformers.GPT2Config(
             vocab_size=vocab, n_positions=model.max_seq_len, n_embd=model.d_model, n_layer=model.n_layer,
@@ -110,13 +109,13 @@ def export(run, out: Path) -> tuple[str, bool]:
     where = target(cfg)
     vocab = model.vocab_size
     extra = {}
-    char_pad = classifier and run.tokenizer.kind != "gpt2"
+    char_pad = classifier and run.tokenizer.eot is None
     if classifier:
         # sequence classifiers read the last token that is not padding: with characters, padding gets its own id
         # after the vocabulary (an all-zero embedding row), so no real character is mistaken for it
-        extra = labels(run, 50256 if run.tokenizer.kind == "gpt2" else vocab)
+        extra = labels(run, export_pad_id(run, vocab))
         vocab += char_pad
-    config = _config(transformers, where, model, cfg, vocab, classifier, extra)
+    config = _config(transformers, where, model, cfg, vocab, classifier, extra, run.tokenizer.eot)
     hf = _model_class(transformers, where, classifier)(config)
     state = {}
     for name, tensor in model.state_dict().items():

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from zoo.errors import ZooError
-from zoo.export.common import labels, tokenizer_for, transformers_module
+from zoo.export.common import export_pad_id, labels, tokenizer_for, transformers_module
 
 
 def describe(run) -> str:
@@ -31,7 +31,7 @@ def export(run, out: Path) -> tuple[str, bool]:
         vocab_size=model.vocab_size, cell=cfg.cell, impl=cfg.impl, input=cfg.input, embedding_dim=cfg.embedding_dim,
         hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, dropout=cfg.dropout,
         tie_word_embeddings=cfg.tie_weights and not classifier, architectures=[cls.__name__],
-        **(labels(run, model.vocab_size) if classifier else {}))
+        **(labels(run, export_pad_id(run, model.vocab_size)) if classifier else {}))
     ZooRNNConfig.register_for_auto_class()
     cls.register_for_auto_class("AutoModelForSequenceClassification" if classifier else "AutoModelForCausalLM")
     hf = cls(config)

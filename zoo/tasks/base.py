@@ -103,6 +103,7 @@ class Task:
     optional (their default is what a task without the capability does)."""
 
     unit: str = "tokens"  # what `items_per_step` counts (tokens, examples), for rates and summaries
+    evaluates_train: bool = False  # whether each evaluation also evaluates a fixed slice of the train split
     reports_val_at_end: bool = False  # whether the run's end also reports the best checkpoint's val metrics
 
     # ------------------------------------------------------------------------------------- required
@@ -142,6 +143,11 @@ class Task:
 
     def scalars(self, split: str, metrics: dict) -> dict[str, float]:
         """TensorBoard scalars besides loss/<split> for an evaluation of `split`."""
+        return {}
+
+    def tracked(self, metrics: dict) -> dict[str, float]:
+        """Numbers of an evaluation besides the loss that summary.json reports for the best and the last
+        evaluation (language models: bits per byte); checkpoints carry them, so a resumed run reports them."""
         return {}
 
     def summary(self, split: str, metrics: dict, which: str) -> dict:

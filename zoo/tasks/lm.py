@@ -52,13 +52,14 @@ def to_long(a: np.ndarray) -> torch.Tensor:
 
 
 class LMTask(Task):
-    """Language modelling over token splits for any backbone. With a tokenizer (`sampling`), it logs a text
-    sample at each evaluation and reports the test split's characters per token (for bits per character)."""
+    """Language modelling over token splits for any backbone. With `token_bytes` (each id's UTF-8 byte length,
+    from the tokenizer) every evaluation also reports bits per byte, the measure that compares runs of any
+    tokenizer; with a tokenizer (`sampling`), it logs a text sample at each evaluation."""
 
     def __init__(self, config: LMTaskConfig, splits: TokenSplits, *, stateful: bool, batch_size: int,
                  seq_len: int, seed: int, eval_batch_size: int, eval_max_tokens: int, vocab_size: int = 2,
                  need_test: bool = True, sampling: Sampling | None = None, data_seed: int | None = None,
-                 shuffle: bool = False):
+                 shuffle: bool = False, token_bytes: np.ndarray | None = None, eval_train: bool = False):
         self.config = config
         self.vocab_size = vocab_size
         self.sampling = sampling
@@ -72,6 +73,8 @@ class LMTask(Task):
         self._order: tuple[int, np.ndarray] | None = None  # (epoch, window order) of the last epoch asked
         self.eval_batch_size = eval_batch_size
         self.eval_max_tokens = eval_max_tokens
+        self.token_bytes = None if token_bytes is None else torch.as_tensor(np.asarray(token_bytes, dtype=np.int64))
+        self.evaluates_train = eval_train
         train = splits.train
         need = batch_size * seq_len + 1
         if len(train) < need:
@@ -97,19 +100,28 @@ class LMTask(Task):
         return float(model.flops_per_token())
 
     def metrics(self, sums: dict[str, float]) -> dict:
-        """Loss, perplexity and bits per token from summed evaluation results."""
-        return summarize(sums["loss_sum"], int(sums["tokens"]))
+        """Loss, perplexity and bits per token from summed evaluation results, and bits per byte: the summed
+        nats of the targets that stand for text over ln 2 times their summed UTF-8 bytes (special tokens, of
+        0 bytes, are in neither sum), one division of two totals, never a mean of ratios."""
+        out = summarize(sums["loss_sum"], int(sums["tokens"]))
+        if sums.get("bytes"):
+            out.update(bpb=sums["bpb_nats"] / (math.log(2) * sums["bytes"]), bytes=int(sums["bytes"]),
+                       bytes_per_token=sums["bytes"] / max(1, sums["text_tokens"]))
+        return out
+
+    def tracked(self, metrics: dict) -> dict[str, float]:
+        return {"bpb": metrics["bpb"]} if "bpb" in metrics else {}
 
     def scalars(self, split: str, metrics: dict) -> dict[str, float]:
-        return {f"ppl/{split}": metrics["ppl"]} if split == "val" else {}
+        out = {f"bpb/{split}": metrics["bpb"]} if "bpb" in metrics else {}
+        return {**out, f"ppl/{split}": metrics["ppl"]} if split == "val" else out
 
-    def test_extras(self) -> dict:
-        """Characters per token of the test split (its first million tokens), so runs with different tokenizers
-        compare in bits per character."""
-        if self.sampling is None:
+    def summary(self, split: str, metrics: dict, which: str) -> dict:
+        """test_bpb (the best checkpoint's) and final_test_bpb (the last weights'), beside the losses."""
+        if "bpb" not in metrics:
             return {}
-        ids = self.splits.test[:1_000_000]
-        return {"test_chars_per_token": len(self.sampling.tokenizer.decode([int(i) for i in ids])) / max(1, len(ids))}
+        return {f"{'final_' if which == 'final' else ''}{split}_bpb": metrics["bpb"],
+                f"{split}_bytes_per_token": metrics["bytes_per_token"]}
 
     def sample(self, model: nn.Module, step: int, device: torch.device) -> str:
         """A short text sample with its own generator (seeded by step), so it never disturbs training's RNG."""
@@ -169,8 +181,11 @@ class LMTask(Task):
 
     def eval_tokens(self, split: str) -> np.ndarray:
         """The fixed evaluation slice of a split: the first `eval.max_tokens` tokens (or all) of val/train;
-        the whole test split, so test losses compare across runs whatever their eval cadence."""
+        the whole test split, so test losses compare across runs whatever their eval cadence. The train slice
+        is as long as the val slice."""
         ids = self.splits[split]
+        if split == "train":
+            return ids[: (self.eval_max_tokens or len(self.splits.val) - 1) + 1]
         return ids[: self.eval_max_tokens + 1] if self.eval_max_tokens and split != "test" else ids
 
     @torch.no_grad()
@@ -178,11 +193,13 @@ class LMTask(Task):
                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
                  rank: int = 0, world_size: int = 1) -> dict[str, float]:
         """Summed next-token loss (nats) and token count over this rank's share (stream rows or windows) of
-        the fixed slice of `split`; the sums add up across ranks to one process's, and `metrics` turns them
-        into loss, perplexity and bits per token."""
+        the fixed slice of `split`, and with `token_bytes` the nats and UTF-8 bytes of the targets that are text;
+        the sums add up across ranks to one process's, and `metrics` turns them into loss, perplexity, bits
+        per token and bits per byte."""
+        table = None if self.token_bytes is None else self.token_bytes.to(device)
         with eval_mode(model):
             ids = self.eval_tokens(split)
-            total, count = 0.0, 0
+            total, count, text_nats, n_bytes, text_tokens = 0.0, 0, 0.0, 0, 0
             for i, (x, y, state_carry) in enumerate(self._eval_batches(ids, model, rank, world_size)):
                 if state_carry is None and i % world_size != rank:
                     continue
@@ -191,10 +208,21 @@ class LMTask(Task):
                     hidden, new_state = model(x.to(device), carry[0])
                     logits = model.logits(hidden)
                 carry[0] = new_state
-                total += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.to(device).reshape(-1),
-                                         reduction="sum").item()
+                targets = y.to(device).reshape(-1)
+                per_token = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets,
+                                            reduction="none").double()
+                total += per_token.sum().item()
                 count += y.numel()
-        return {"loss_sum": total, "tokens": count}
+                if table is not None:
+                    nbytes = table[targets]
+                    text = nbytes > 0
+                    text_nats += per_token[text].sum().item()
+                    n_bytes += int(nbytes.sum().item())
+                    text_tokens += int(text.sum().item())
+        out = {"loss_sum": total, "tokens": count}
+        if table is not None:
+            out.update(bpb_nats=text_nats, bytes=n_bytes, text_tokens=text_tokens)
+        return out
 
     def _eval_batches(self, ids: np.ndarray, model: nn.Module, rank: int = 0, world_size: int = 1):
         """(x, y, carry) evaluation batches. Streams come as this rank's rows with a shared state carry;
@@ -249,7 +277,8 @@ def build(config: LMTaskConfig, recipe, tokenizer, splits: TokenSplits, model: B
                   seq_len=recipe.train.seq_len, seed=recipe.run.seed, eval_batch_size=recipe.eval.batch_size,
                   eval_max_tokens=recipe.eval.max_tokens, vocab_size=model.vocab_size, need_test=recipe.eval.test,
                   sampling=sampling, data_seed=recipe.data.order_seed(recipe.run.seed),
-                  shuffle=recipe.data.seed >= 0)
+                  shuffle=recipe.data.seed >= 0, token_bytes=tokenizer.token_bytes() if tokenizer else None,
+                  eval_train=recipe.eval.train)
 
 
 SPEC = TaskSpec(name="lm", config=LMTaskConfig, load_data=load_data, wrap=wrap, build=build)

@@ -31,7 +31,7 @@ def finetune(raw: dict, base: Base, recipe_stem: str) -> tuple[dict, str]:
     tokenizer and `task.base`; with the run's default name (`spam_<base>` for the SMS data)."""
     raw = json.loads(json.dumps(raw))
     raw["model"] = base.model_section()
-    raw.setdefault("data", {})["tokenizer"] = base.tokenizer_kind
+    raw.setdefault("data", {}).update(base.tokenizer_fields())
     raw.setdefault("task", {})["base"] = base.spec
     source = raw["data"].get("source", "embedded:sms_spam")
     return raw, (f"spam_{base.name}" if source == "embedded:sms_spam" else f"{recipe_stem}_{base.name}")

@@ -13,7 +13,6 @@ from pathlib import Path
 from zoo.bases import resolve_base
 from zoo.errors import DataError, RecipeError
 from zoo.tasks.classify.config import ClassifyTaskConfig
-from zoo.tokenizers import Gpt2Tokenizer
 
 
 @dataclass
@@ -149,10 +148,15 @@ def load_data(recipe, tokenizer=None, progress: bool = True):
 
 
 def base_tokenizer(recipe):
-    """The base's tokenizer: GPT-2 BPE, or a base run's character vocabulary (zoo.bases)."""
-    if recipe.data.tokenizer == "gpt2":
-        return Gpt2Tokenizer()
+    """The base's tokenizer (zoo.bases): a base run's own (a character vocabulary reads unknown characters as a
+    fallback), or GPT-2's for `hf:` weights; with no base, the recipe's GPT-2 tokenizer."""
     base = recipe.task.base
-    if not base or base.startswith("hf:"):
-        raise RecipeError("a character-level classifier needs task.base = a zoo run directory (its vocabulary)")
-    return resolve_base(base).tokenizer()
+    if base:
+        return resolve_base(base).tokenizer()
+    from zoo.tokenizers import selected
+
+    spec, argument = selected(recipe.data.tokenizer)
+    if spec.trained or not spec.corpus:
+        raise RecipeError(f"a classifier with data.tokenizer = {recipe.data.tokenizer!r} needs task.base = a zoo run "
+                          "directory (the base's own tokenizer)")
+    return spec.fit(recipe.data, argument, lambda which: iter(()))

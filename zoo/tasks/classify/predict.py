@@ -14,7 +14,7 @@ def predict(model: Classifier, tokenizer, texts: list[str], device: torch.device
             batch_size: int = 32) -> list[tuple[str, float]]:
     """(label, probability) of each text, tokenised, truncated and padded as the classifier was trained."""
     config = model.config
-    pad_id = pad_id_for(tokenizer.kind)
+    pad_id = pad_id_for(tokenizer)
     with eval_mode(model):
         out = []
         for start in range(0, len(texts), batch_size):

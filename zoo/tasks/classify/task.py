@@ -18,13 +18,12 @@ from zoo.tasks.classify.config import ClassifyTaskConfig
 from zoo.tasks.classify.data import Examples
 from zoo.tasks.classify.head import Classifier
 from zoo.tasks.classify.metrics import metrics_for
-from zoo.tokenizers import EOT
 
 
-def pad_id_for(tokenizer_kind: str) -> int:
-    """The id padding uses: GPT-2's <|endoftext|> (as the book and GPT2ForSequenceClassification do), else 0.
-    With last-token pooling padding never reaches the head."""
-    return EOT if tokenizer_kind == "gpt2" else 0
+def pad_id_for(tokenizer) -> int:
+    """The id padding uses: the tokenizer's <|endoftext|> (as the book and GPT2ForSequenceClassification do),
+    else 0. With last-token pooling padding never reaches the head."""
+    return tokenizer.pad_id
 
 
 def pad(examples: list[tuple[list[int], int]], pad_id: int,
@@ -142,5 +141,5 @@ class ClassifyTask(Task):
 def build(config: ClassifyTaskConfig, recipe, tokenizer, data: Examples, model: Classifier,
           plan: MicroBatchPlan) -> ClassifyTask:
     return ClassifyTask(config, data, batch_size=recipe.train.batch_size,
-                        seed=recipe.data.order_seed(recipe.run.seed), pad_id=pad_id_for(recipe.data.tokenizer),
+                        seed=recipe.data.order_seed(recipe.run.seed), pad_id=pad_id_for(tokenizer),
                         eval_batch_size=recipe.eval.batch_size, model=model)
