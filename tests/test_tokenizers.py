@@ -236,7 +236,7 @@ def test_vocabulary_size_is_an_intervention_a_sweep_compares_in_bpb(zoo, tmp_pat
     args = [*GPT, "--set", f"data.source={text_file}", "--set", "data.tokenizer=bpe", "--set", "train.max_steps=4",
             "--set", "eval.interval=2"]
     result = zoo("sweep", RECIPE, *args, "--vary", "data.vocab_size=300,600", "--format", "json", "--metric", "bpb",
-                 "--target-loss", "9.0", "--plot", tmp_path / "bpb.png")
+                 "--target-loss", "9.0", "--plot", tmp_path / "bpb.png", "--x", "bytes")
     assert result.code == 0, result
     rows = json.loads(result.out[result.out.index("\n[\n") + 1:])  # after the progress lines
     assert [r["data.vocab_size"] for r in rows] == [300, 600] and all(r["test_bpb"] > 0 for r in rows)
@@ -306,3 +306,12 @@ def test_a_bpe_run_exports_with_its_tokenizer(zoo, tmp_path, text_file, cache):
                    "--max-new-tokens", "12").out.removesuffix("\n")
     pipe = transformers.pipeline("text-generation", model=str(tmp_path / "out"))
     assert pipe("ROMEO:", max_new_tokens=12, do_sample=False)[0]["generated_text"] == zoo_text
+    # the exported folder's tokenizer, read back as data.tokenizer = "hf:PATH", is the same vocabulary
+    again = zoo("train", RECIPE, "--name", "h", *GPT, "--set", f"data.source={text_file}", "--set",
+                f"data.tokenizer=hf:{tmp_path / 'out'}", "--set", "train.max_steps=2", "--set", "eval.interval=2")
+    assert again.code == 0, again
+    hf_run = load_tokenizer(tmp_path / "runs" / "h" / "tokenizer.json")
+    assert hf_run.kind == "hf" and hf_run.vocab_size == 700 and hf_run.eot == ours.eot
+    assert hf_run.encode(sample) == ours.encode(sample) and list(hf_run.token_bytes()) == list(ours.token_bytes())
+    ev = json.loads(zoo("eval", tmp_path / "runs" / "h", "--split", "test").out)
+    assert ev["bytes"] > 0 and ev["bpb"] == pytest.approx(read_summary(tmp_path / "runs" / "h")["test_bpb"], rel=1e-6)

@@ -94,7 +94,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     elif tok.eot is not None:
         prompt = [tok.eot]
     else:
-        prompt = tok.encode("\n") if "\n" in tok.stoi else [0]
+        prompt = tok.encode("\n") if not tok.unknown("\n") else [0]
     gen = torch.Generator().manual_seed(args.seed)
     for i in range(args.num_samples):
         ids = generate(model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -116,8 +116,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         recipe = load_recipe(_recipe_path(args.data), args.set if args.weights else [])
     if recipe is None:
         raise ZooError("--weights needs --data RECIPE to say which data to evaluate on")
-    if recipe.data.tokenizer != tok.kind:
-        raise ZooError(f"the model's tokenizer is {tok.kind} but the data recipe's is {recipe.data.tokenizer}")
+    from zoo.tokenizers import selected
+
+    if selected(recipe.data.tokenizer)[0].name != tok.kind:
+        raise ZooError(f"the model's tokenizer is {tok.kind} but the data recipe's is {recipe.data.tokenizer}; "
+                       "evaluate on data of the model's tokenizer (set data.tokenizer)")
     if args.predictions and not Path(args.predictions).resolve().parent.is_dir():
         raise ZooError(f"--predictions {args.predictions}: the folder {Path(args.predictions).parent} does not exist")
     _, data, _ = registry.load_data(recipe, tok)
@@ -433,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     def add_report_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--format", default="table", choices=["table", "markdown", "csv", "json"])
         p.add_argument("--plot", help="write the loss curves (mean over seeds, min-max band) to this PNG")
-        p.add_argument("--x", default="step", choices=["step", "tokens", "time"], help="x axis of the plot")
+        p.add_argument("--x", default="step", choices=["step", "tokens", "bytes", "time"],
+                       help="x axis of the plot (bytes: training text, the measure across tokenizers)")
         p.add_argument("--smooth", type=float, default=0.0,
                        help="EMA smoothing of the plotted training loss, as TensorBoard's slider (0 = off)")
         p.add_argument("--columns", metavar="A,B,...",

@@ -38,6 +38,10 @@ class RunInfo:
     def tokens_per_step(self) -> float:
         return (self.summary.get("tokens") or 0) / max(1, self.summary.get("step") or 1)
 
+    def bytes_per_token(self) -> float | None:
+        """UTF-8 bytes per training token: the train slice's at the last evaluation (else the test split's)."""
+        return self.summary.get("final_train_bytes_per_token") or self.summary.get("test_bytes_per_token")
+
     def seconds_at(self) -> dict[int, float]:
         """Training time (progress/seconds) at each logged step."""
         return {s: v for s, v, _ in self.curves.get("progress/seconds", [])}
@@ -382,6 +386,12 @@ def _band(group: list[RunInfo], tag: str, x: str, smooth: float):
     values = [[s[step] for s in series] for step in steps]
     if x == "tokens":
         xs = [step * statistics.fmean(r.tokens_per_step() for r in group) for step in steps]
+    elif x == "bytes":
+        per_token = [r.bytes_per_token() for r in group]
+        if None in per_token:
+            return None  # a run from before bits per byte
+        xs = [step * statistics.fmean(r.tokens_per_step() * b for r, b in zip(group, per_token, strict=True))
+              for step in steps]
     elif x == "time":
         clocks = [r.seconds_at() for r in group]
         if any(not all(step in c for step in steps) for c in clocks):
@@ -429,7 +439,8 @@ def plot(runs: list[RunInfo], path: str | Path, x: str = "step", smooth: float =
             if len(group) > 1:
                 ax.fill_between(xs, low, high, color=colour, alpha=0.18, lw=0)
         drawn += 1
-    xlabel = {"step": "optimizer step", "tokens": "tokens seen", "time": "training time (s)"}[x]
+    xlabel = {"step": "optimizer step", "tokens": "tokens seen", "time": "training time (s)",
+              "bytes": "bytes of training text seen"}[x]
     what = "loss" if metric == "loss" else "bits per byte"
     # train bpb comes from each evaluation's train slice, the train loss from every logged step
     for ax, title in zip(axes, (f"training {what}" + (f" (EMA {smooth})" if smooth else ""), f"validation {what}"),

@@ -300,7 +300,7 @@ class Trainer:
         sample = self.task.sample(self.model, c.step, self.device) if self.main else ""
         if sample:
             self.logger.text("sample", sample, c.step)
-        shown = "".join(f" | val {k} {v:.4f}" for k, v in tracked.items())
+        shown = "".join(f" | val {k} {v:.4f}" for k, v in list(tracked.items())[:1])  # the first: bpb
         progress.line(f"eval step {c.step}: val loss {loss:.4f}{shown}{' (best)' if improved else ''}")
         patience = self.recipe.train.early_stop_patience
         return improved, bool(patience and c.evals_since_best >= patience)

@@ -110,7 +110,7 @@ class LMTask(Task):
         return out
 
     def tracked(self, metrics: dict) -> dict[str, float]:
-        return {"bpb": metrics["bpb"]} if "bpb" in metrics else {}
+        return {"bpb": metrics["bpb"], "bytes_per_token": metrics["bytes_per_token"]} if "bpb" in metrics else {}
 
     def scalars(self, split: str, metrics: dict) -> dict[str, float]:
         out = {f"bpb/{split}": metrics["bpb"]} if "bpb" in metrics else {}
