@@ -62,7 +62,8 @@ def main() -> None:
             return t
 
         rust_seconds, _ = best(rust, args.rounds)
-        print(f"train  rustbpe                         {rust_seconds:7.2f} s   zoo/rustbpe time {seconds / rust_seconds:.2f}x")
+        print(f"train  rustbpe                         {rust_seconds:7.2f} s   "
+              f"zoo/rustbpe time {seconds / rust_seconds:.2f}x")
     except ImportError:
         print("train  rustbpe                         (not installed: pip install rustbpe)")
 
