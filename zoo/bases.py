@@ -46,12 +46,13 @@ class Base:
         data = self._recipe().get("data", {})
         return {k: data[k] for k in ("tokenizer", *FIELDS) if k in data} | {"tokenizer": data.get("tokenizer", "char")}
 
-    def tokenizer(self) -> Tokenizer:
-        """The base's tokenizer: a run's own, saved in it (a character vocabulary gets a fallback for characters
-        it lacks, so any text encodes); GPT-2's for Hugging Face GPT-2 weights."""
+    def tokenizer(self, any_text: bool = True) -> Tokenizer:
+        """The base's tokenizer: a run's own, saved in it (with `any_text`, a character vocabulary gets a fallback
+        for characters it lacks, so any text encodes); GPT-2's for Hugging Face GPT-2 weights."""
         if self.hub:
             return Gpt2Tokenizer()
-        return load_tokenizer(self.folder / "tokenizer.json").for_any_text()
+        tok = load_tokenizer(self.folder / "tokenizer.json")
+        return tok.for_any_text() if any_text else tok
 
     def load_into(self, backbone: torch.nn.Module, checkpoint: str = "best") -> str:
         """Copy the base's weights into a backbone of its architecture; returns what was loaded."""

@@ -87,8 +87,14 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from zoo.generate import generate
 
     model, tok, recipe, _, device = _load_for_inference(args)
-    if recipe is not None and recipe.task.kind != "lm":
+    if recipe is not None and recipe.task.kind not in ("lm", "instruct"):
         raise ZooError(f"{args.run} is a {recipe.task.kind} run, not a language model; use `zoo classify`")
+    if args.instruction is not None or args.input is not None:
+        return _answer_instructions(args, model, tok, recipe, device, [(args.instruction, args.input or "")])
+    if args.temperature is None:
+        args.temperature = 0.8
+    if args.max_new_tokens is None:
+        args.max_new_tokens = 500
     if args.prompt:
         prompt = tok.encode(args.prompt)
     elif tok.eot is not None:
@@ -103,6 +109,61 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             print("\n" + "-" * 40)
         print(tok.decode(prompt + ids) if args.prompt else tok.decode(ids))
     return 0
+
+
+def _instruction_format(args: argparse.Namespace, recipe):
+    """The prompt format of --instruction: --prompt-format, else an instruction run's own, else Alpaca."""
+    from zoo.tasks.instruct.data import FORMATS
+
+    own = recipe.task.prompt_format if recipe is not None and recipe.task.kind == "instruct" else "alpaca"
+    return FORMATS[args.prompt_format or own], (recipe.task.response_tokens if recipe is not None
+                                                 and recipe.task.kind == "instruct" else 256)
+
+
+def _answer_instructions(args, model, tok, recipe, device, items) -> int:
+    """Print the response to each (instruction, input), wrapped in the run's prompt format."""
+    import torch
+
+    from zoo.tasks.instruct.answers import answer
+
+    if any(not instruction or not instruction.strip() for instruction, _ in items):
+        raise ZooError("--instruction is empty; give the instruction to answer")
+    fmt, limit = _instruction_format(args, recipe)
+    limit = args.max_new_tokens if args.max_new_tokens is not None else limit
+    tok = tok.for_any_text()
+    _check_characters(tok, [i + x for i, x in items])  # an instruction of no known character is refused
+    _check_characters(tok, [fmt.full("", "x", "")], what="the prompt format")
+    gen = torch.Generator().manual_seed(args.seed)
+    for instruction, input_text in items:
+        response, _ = answer(model, tok, fmt, instruction, input_text, limit, device, model.max_seq_len or 0,
+                             temperature=args.temperature or 0.0, top_k=args.top_k, top_p=args.top_p,
+                             generator=gen)
+        print(response, flush=True)
+    return 0
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    """Answer instructions read from stdin, one a line (`instruction<TAB>input` gives an input too)."""
+    model, tok, recipe, _, device = _load_for_inference(args)
+    if recipe is not None and recipe.task.kind not in ("lm", "instruct"):
+        raise ZooError(f"{args.run} is a {recipe.task.kind} run, not a language model; use `zoo classify`")
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("zoo chat: an instruction a line (instruction<TAB>input for an input); Ctrl-D ends", file=sys.stderr)
+    while True:
+        if interactive:
+            print(">>> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        line = line.rstrip("\n")
+        if not line.strip():
+            continue
+        instruction, _, input_text = line.partition("\t")
+        try:
+            _answer_instructions(args, model, tok, recipe, device, [(instruction, input_text)])
+        except ZooError as exc:  # one bad line does not end the conversation
+            print(f"zoo: error: {exc}", file=sys.stderr)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -191,7 +252,10 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     spec = registry.task_spec(kind)
     if spec.finetune is None:
         raise ZooError(f"{recipe_path} is a {kind!r} recipe; fine-tuning from a base needs a task that takes one "
-                       "(task.kind = \"classify\")")
+                       "(task.kind = \"classify\" or \"instruct\")")
+    if kind != args.task_kind:
+        verb = {"classify": "finetune-classifier", "instruct": "finetune-instruct"}.get(kind, "finetune-...")
+        raise ZooError(f"{recipe_path} is a {kind!r} recipe; use zoo {verb}")
     raw, default = spec.finetune(raw, resolve_base(args.base), recipe_path.stem)
     recipe = recipe_with_overrides(raw, args.set, str(recipe_path))
     name = check_name(args.name if args.name is not None else default)
@@ -271,7 +335,7 @@ def _check_plot_args(args: argparse.Namespace) -> None:
     _target(args.target_loss)
 
 
-def _check_characters(tokenizer, texts: list[str]) -> None:
+def _check_characters(tokenizer, texts: list[str], what: str = "") -> None:
     """A character vocabulary reads characters it lacks as its fallback (training needs that): a text made only
     of such characters is refused, as `zoo sample` refuses them; one with a few is read with a warning."""
     unknown = [(i, tokenizer.unknown(t)) for i, t in enumerate(texts)]
@@ -284,7 +348,7 @@ def _check_characters(tokenizer, texts: list[str]) -> None:
     if hopeless:
         raise ZooError(f"{'text' if len(texts) == 1 else f'line {hopeless[0] + 1}'} has no character the run's "
                        f"vocabulary knows ({shown}); it was trained on {tokenizer.vocab_size} characters")
-    what = "the text" if len(texts) == 1 else f"{len(unknown)} of the {len(texts)} lines"
+    what = what or ("the text" if len(texts) == 1 else f"{len(unknown)} of the {len(texts)} lines")
     print(f"zoo: warning: {what} has characters the run's vocabulary lacks ({shown}); they are read as "
           f"{tokenizer.fallback!r}", file=sys.stderr)
 
@@ -396,13 +460,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="generate text from a trained run or GPT-2 weights")
     add_model_args(p)
     p.add_argument("--prompt", default="", help="text to continue (default: a new line, or <|endoftext|>)")
-    p.add_argument("--max-new-tokens", type=int, default=500)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--instruction", help="an instruction to answer, wrapped in the run's prompt format; only the "
+                                         "response is printed (greedy unless --temperature)")
+    p.add_argument("--input", help="the instruction's input (with --instruction)")
+    p.add_argument("--prompt-format", choices=["alpaca", "phi3"],
+                   help="the format of --instruction (default: the instruction run's own, else alpaca)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="default 500; with --instruction the run's task.response_tokens (256)")
+    p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default 0.8; 0 with --instruction)")
     p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = all)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--num-samples", type=int, default=1)
     p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("chat", help="answer instructions from stdin, one a line (instruction<TAB>input)")
+    add_model_args(p)
+    p.add_argument("--prompt-format", choices=["alpaca", "phi3"],
+                   help="the prompt format (default: the instruction run's own, else alpaca)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's task.response_tokens (256)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the default)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=1337)
+    p.set_defaults(func=_cmd_chat)
 
     p = sub.add_parser("eval", help="loss of a trained run (or GPT-2 weights) on a split")
     add_model_args(p)
@@ -422,7 +503,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--restart", action="store_true",
                    help="start the run over: its checkpoints, events and summary move to RUN/abandoned-<time>/")
-    p.set_defaults(func=_cmd_finetune)
+    p.set_defaults(func=_cmd_finetune, task_kind="classify")
+
+    p = sub.add_parser("finetune-instruct", help="instruction-fine-tune a language model (Raschka ch. 7), then "
+                                                 "answer the test split's instructions")
+    p.add_argument("--base", required=True, help="a language-model run (runs/NAME) or hf:gpt2 / hf:PATH")
+    p.add_argument("--recipe", default=str(RECIPES_DIR / "gpt2_instruct.toml"),
+                   help="the instruction recipe (default: recipes/gpt2_instruct.toml, the book's settings)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--name", help="run name (default: <recipe>_<base>)")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--restart", action="store_true",
+                   help="start the run over: its checkpoints, events and summary move to RUN/abandoned-<time>/")
+    p.set_defaults(func=_cmd_finetune, task_kind="instruct")
 
     p = sub.add_parser("classify", help="classify texts with a fine-tuned classifier run")
     p.add_argument("run")
@@ -504,7 +597,7 @@ ARG_RULES = [
 
 def _check_args(args: argparse.Namespace) -> None:
     for name, ok, message in ARG_RULES:
-        if name in vars(args) and not ok(vars(args)[name]):
+        if vars(args).get(name) is not None and not ok(vars(args)[name]):  # None: the command's default
             raise ZooError(message)
     if "device" in vars(args):
         from zoo.recipe import valid_device

@@ -5,7 +5,7 @@ tasks declare their config classes with these, without importing the recipe pars
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from zoo.errors import RecipeError
 
@@ -24,6 +24,10 @@ def check(ok: bool, key: str, message: str) -> None:
 @dataclass(frozen=True)
 class Section:
     """The base of every recipe section's dataclass, with the hooks the parser and the trainer call."""
+
+    # a [task] that reads train.seq_len (language modelling); tasks of whole examples cut them at their own
+    # max_length, so a model's context need not cover train.seq_len for them
+    uses_seq_len: ClassVar[bool] = True
 
     def validate(self) -> None:
         """Refuse impossible values of this section alone (RecipeError via `check`)."""

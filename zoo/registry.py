@@ -16,11 +16,11 @@ from zoo.models import gpt2, rnn
 from zoo.models.base import Trainable
 from zoo.optimizers import classic, muon
 from zoo.specs import ModelSpec, OptimizerSpec, TaskSpec
-from zoo.tasks import classify, lm
+from zoo.tasks import classify, instruct, lm
 from zoo.tasks.base import MicroBatchPlan
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (rnn.SPEC, gpt2.SPEC)}
-TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (lm.SPEC, classify.SPEC)}
+TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (lm.SPEC, classify.SPEC, instruct.SPEC)}
 OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in (*classic.SPECS, muon.SPEC)}
 
 
@@ -72,6 +72,12 @@ def load_data(recipe, tokenizer=None, progress: bool = True):
 def build_trainable(recipe, vocab_size: int, device: torch.device | None = None) -> Trainable:
     """The model the trainer optimises and checkpoints: the backbone, wrapped with the task's head if any."""
     return task_spec(recipe.task.kind).wrap(recipe.task, build_model(recipe.model, vocab_size, device))
+
+
+def load_pretrained(recipe, model: Trainable) -> str:
+    """A fresh run's starting weights: the task's (a base) where it says, else the model's own (init_from)."""
+    spec = task_spec(recipe.task.kind)
+    return spec.pretrained(recipe.task, model) if spec.pretrained else model.load_pretrained()
 
 
 def build_task(recipe, tokenizer, data, model, plan: MicroBatchPlan | None = None):

@@ -216,7 +216,7 @@ def open_session(recipe: Recipe, run_dir: Path, env: dist.DistEnv, device: torch
             print(f"changed from step {state.counters.step} on: {changes} (recorded in "
                   f"{run_dir / 'recipe_history.json'})", flush=True)
     dist.barrier(env)
-    if resumed_from is None and (source := model.load_pretrained()) and main:
+    if resumed_from is None and (source := registry.load_pretrained(recipe, model)) and main:
         print(f"starting from the weights of {source}", flush=True)
     return Session(recipe=recipe, run_dir=run_dir, env=env, device=device, ckpt=ckpt, tokenizer=tokenizer,
                    model=model, task=task, plan=plan, train_forward=train_forward, compiled=compiled,

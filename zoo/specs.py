@@ -47,7 +47,10 @@ class TaskSpec:
       reporting;
     - `finetune(raw_recipe, base, recipe_stem) -> (raw_recipe, run_name)` (optional): how
       `zoo finetune-classifier --base` turns a task recipe and a base model (zoo.bases.Base) into a complete
-      recipe and the run's default name."""
+      recipe and the run's default name;
+    - `pretrained(config, model) -> str` (optional): load a fresh run's starting weights into the model the
+      task wraps (a base's, for a task whose model is the backbone itself); the model's own
+      `load_pretrained` otherwise."""
 
     name: str
     config: type
@@ -55,3 +58,4 @@ class TaskSpec:
     wrap: Callable[..., Any]
     build: Callable[..., Any]
     finetune: Callable[..., Any] | None = None
+    pretrained: Callable[..., Any] | None = None  # (config, model) -> what was loaded: a fresh run's start

@@ -312,7 +312,12 @@ class Trainer:
         summary = base_summary(self.s, c, status)
         if status != "interrupted" and self.recipe.eval.test:
             summary.update(self.task.test_extras())
-            self._test(summary, progress)
+            self._test(summary, progress)  # leaves the model with the best checkpoint's weights
+            extra = self.task.finish(self.model, self.device, self.run_dir, self.main)
+            summary.update(extra)
+            if extra:
+                progress.line(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                         for k, v in extra.items()))
         if self.main:
             if status != "interrupted":
                 metrics = {f"final/{k}": float(summary[k]) for k in ("final_val_loss", "best_val_loss", "test_loss")

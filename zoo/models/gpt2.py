@@ -116,7 +116,7 @@ class GPT2Config(Section):
                   f"loads OpenAI-layout GPT-2 weights, which have GPT-2's own architecture; drop {', '.join(changed)}")
 
     def validate_recipe(self, recipe) -> None:
-        check(recipe.train.seq_len <= self.context_length, "train.seq_len",
+        check(not recipe.task.uses_seq_len or recipe.train.seq_len <= self.context_length, "train.seq_len",
               f"is {recipe.train.seq_len}, longer than model.context_length ({self.context_length})")
 
     def resolved(self) -> GPT2Config:

@@ -162,6 +162,11 @@ class Task:
         """summary.json fields about the test split itself (e.g. characters per token)."""
         return {}
 
+    def finish(self, model: Trainable, device: torch.device, run_dir, main: bool) -> dict:
+        """Work at the run's end with the best checkpoint's weights (answers to write beside the run, written
+        by the main rank; every rank computes them, with no collective); returns summary.json fields."""
+        return {}
+
     def sample(self, model: Trainable, step: int, device: torch.device) -> str:
         """A text sample to log at an evaluation, or "" (tasks that generate nothing)."""
         return ""
