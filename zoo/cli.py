@@ -166,6 +166,34 @@ def _cmd_chat(args: argparse.Namespace) -> int:
             print(f"zoo: error: {exc}", file=sys.stderr)
 
 
+def _cmd_judge(args: argparse.Namespace) -> int:
+    """Score instruction runs' test answers with an LLM judge; the table on stdout, everything in --out."""
+    from zoo import judge
+
+    runs = [judge.read_answers(r) for r in args.runs]
+    if len({r.path.resolve() for r in runs}) < len(runs):
+        raise ZooError("a run is named twice; name each run once")
+    out = Path(args.out)
+    if not out.resolve().parent.is_dir():
+        raise ZooError(f"--out {args.out}: the folder {out.parent} does not exist")
+    judge_ = judge.make_judge(args.judge, args.api, args.judge_model, args.timeout)
+    try:
+        state = judge.judge(runs, judge_, out, args.seed, progress=lambda line: print(line, file=sys.stderr))
+    except judge.JudgeError as exc:
+        kept = len(judge.load_state(out).get("items", {})) if out.is_file() else 0
+        raise ZooError(f"{exc}; the {kept} items scored so far are kept in {out}: run the same command to go on") \
+            from None
+    rows, text = judge.table(runs, state)
+    state["results"] = rows
+    judge.save_state(out, state)
+    print(text)
+    unscored = sum(r["unscored"] for r in rows)
+    print(f"{judge_.name}: {state['asked']} asked now, {len(state['items'])} items judged ({state['mode']}"
+          f"{', order shuffled with seed ' + str(state['seed']) if state['mode'] == 'comparative' else ''}); "
+          f"{unscored} answers the judge gave no 0-100 score (not counted); all in {out}", file=sys.stderr)
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     import json
 
@@ -473,6 +501,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--num-samples", type=int, default=1)
     p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("judge", help="score instruction runs' test answers 0-100 with an LLM judge (one run: the "
+                                     "book's prompt; several: all answers to an item in one shuffled prompt)")
+    p.add_argument("runs", nargs="+", help="instruction runs (with test_responses.json)")
+    p.add_argument("--judge", required=True, metavar="URL|hf:PATH",
+                   help="an Ollama URL (http://localhost:11434), an OpenAI-compatible one (http://host:8000/v1), or "
+                        "a local transformers folder")
+    p.add_argument("--api", default="auto", choices=["auto", "ollama", "openai"],
+                   help="the URL's API (auto: openai when the URL ends in /v1, else ollama)")
+    p.add_argument("--judge-model", default="", help="the judge's model name (Ollama default: llama3, the book's)")
+    p.add_argument("--out", default="judgement.json", help="scores, orders and the judge's answers (resumed)")
+    p.add_argument("--seed", type=int, default=123, help="the judge's seed and the answers' shuffled order")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for one answer")
+    p.set_defaults(func=_cmd_judge)
 
     p = sub.add_parser("chat", help="answer instructions from stdin, one a line (instruction<TAB>input)")
     add_model_args(p)
