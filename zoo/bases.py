@@ -13,6 +13,7 @@ import torch
 
 from zoo.checkpoint import Checkpointer
 from zoo.errors import ZooError
+from zoo.specs import LANGUAGE_MODELS
 from zoo.models import gpt2
 from zoo.tokenizers import FIELDS, Gpt2Tokenizer, Tokenizer, load_tokenizer
 
@@ -86,7 +87,7 @@ def resolve_base(spec: str) -> Base:
         kind = base._recipe().get("task", {}).get("kind", "lm")
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ZooError(f"base run {spec}: its recipe.toml cannot be read ({exc})") from None
-    if kind != "lm":
+    if kind not in LANGUAGE_MODELS:
         raise ZooError(f"base run {spec} is not a language model (its task is {kind!r}); fine-tune from a "
                        "language-model run")
     return base

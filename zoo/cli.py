@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from zoo.errors import ZooError
+from zoo.specs import LANGUAGE_MODELS
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -87,7 +88,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from zoo.generate import generate
 
     model, tok, recipe, _, device = _load_for_inference(args)
-    if recipe is not None and recipe.task.kind not in ("lm", "instruct"):
+    if recipe is not None and recipe.task.kind not in LANGUAGE_MODELS:
         raise ZooError(f"{args.run} is a {recipe.task.kind} run, not a language model; use `zoo classify`")
     if args.instruction is not None or args.input is not None:
         return _answer_instructions(args, model, tok, recipe, device, [(args.instruction, args.input or "")])
@@ -145,7 +146,7 @@ def _answer_instructions(args, model, tok, recipe, device, items) -> int:
 def _cmd_chat(args: argparse.Namespace) -> int:
     """Answer instructions read from stdin, one a line (`instruction<TAB>input` gives an input too)."""
     model, tok, recipe, _, device = _load_for_inference(args)
-    if recipe is not None and recipe.task.kind not in ("lm", "instruct"):
+    if recipe is not None and recipe.task.kind not in LANGUAGE_MODELS:
         raise ZooError(f"{args.run} is a {recipe.task.kind} run, not a language model; use `zoo classify`")
     interactive = sys.stdin.isatty()
     if interactive:
@@ -282,7 +283,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         raise ZooError(f"{recipe_path} is a {kind!r} recipe; fine-tuning from a base needs a task that takes one "
                        "(task.kind = \"classify\" or \"instruct\")")
     if kind != args.task_kind:
-        verb = {"classify": "finetune-classifier", "instruct": "finetune-instruct"}.get(kind, "finetune-...")
+        verb = {"classify": "finetune-classifier", "instruct": "finetune-instruct",
+                "preference": "finetune-preference"}.get(kind, "finetune-...")
         raise ZooError(f"{recipe_path} is a {kind!r} recipe; use zoo {verb}")
     raw, default = spec.finetune(raw, resolve_base(args.base), recipe_path.stem)
     recipe = recipe_with_overrides(raw, args.set, str(recipe_path))
@@ -558,6 +560,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true",
                    help="start the run over: its checkpoints, events and summary move to RUN/abandoned-<time>/")
     p.set_defaults(func=_cmd_finetune, task_kind="instruct")
+
+    p = sub.add_parser("finetune-preference", help="preference-tune (DPO) a language model, usually an "
+                                                   "instruction-tuned run, against itself as the reference")
+    p.add_argument("--base", required=True, help="the policy's start and the frozen reference: a run or hf:PATH")
+    p.add_argument("--recipe", default=str(RECIPES_DIR / "dpo_laptop.toml"),
+                   help="the preference recipe (default: recipes/dpo_laptop.toml, the book's DPO data)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--name", help="run name (default: <recipe>_<base>)")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--restart", action="store_true",
+                   help="start the run over: its checkpoints, events and summary move to RUN/abandoned-<time>/")
+    p.set_defaults(func=_cmd_finetune, task_kind="preference")
 
     p = sub.add_parser("classify", help="classify texts with a fine-tuned classifier run")
     p.add_argument("run")

@@ -16,11 +16,11 @@ from zoo.models import gpt2, rnn
 from zoo.models.base import Trainable
 from zoo.optimizers import classic, muon
 from zoo.specs import ModelSpec, OptimizerSpec, TaskSpec
-from zoo.tasks import classify, instruct, lm
+from zoo.tasks import classify, instruct, lm, preference
 from zoo.tasks.base import MicroBatchPlan
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (rnn.SPEC, gpt2.SPEC)}
-TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (lm.SPEC, classify.SPEC, instruct.SPEC)}
+TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (lm.SPEC, classify.SPEC, instruct.SPEC, preference.SPEC)}
 OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in (*classic.SPECS, muon.SPEC)}
 
 

@@ -9,6 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 
+# the tasks whose runs are language models (their model is the backbone with its own LM head): what sampling,
+# evaluation, export and fine-tuning accept as a base
+LANGUAGE_MODELS = ("lm", "instruct", "preference")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """An architecture: its `[model]` config class (selected by `arch = name`), its builder,

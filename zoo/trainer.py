@@ -102,7 +102,7 @@ class Trainer:
             # DDP all-reduces gradients only after the last micro-batch's backward
             with dist.no_sync(s.train_forward, skip=i < len(batches) - 1), s.autocast():
                 try:
-                    loss, new_state = s.train_forward(batch.x, batch.y, batch.lengths, state_in)
+                    loss, new_state = s.train_forward(batch.x, batch.y, batch.lengths, state_in, batch.aux)
                 except torch.OutOfMemoryError:
                     raise stops.out_of_memory(self.device, c.step + 1, s.plan.micro) from None
                 except RuntimeError as exc:

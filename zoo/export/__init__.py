@@ -22,6 +22,7 @@ from zoo.errors import ZooError
 from zoo.export.common import transformers_module
 from zoo.models.base import count_parameters
 from zoo.runs import load_run, read_summary
+from zoo.specs import LANGUAGE_MODELS
 
 
 def describe(run) -> str:
@@ -122,6 +123,23 @@ def _metrics_table(summary: dict) -> str:
     return "| metric | value |\n|---|---:|\n" + "\n".join(lines) + "\n\nLosses are in nats per token.\n"
 
 
+def _prompt_section(run, trust: str) -> tuple[str, str] | None:
+    """An instruction-tuned run's prompt format for the card, and a usage example that wraps an instruction."""
+    if run.recipe.task.kind not in ("instruct", "preference"):
+        return None
+    from zoo.tasks.instruct.data import FORMATS
+
+    fmt = FORMATS[run.recipe.task.prompt_format]
+    example = fmt.prompt("Rewrite the sentence using a simile.", "The car is very fast.")
+    section = (f"\n## Prompt format\n\nInstruction-tuned ({run.recipe.task.kind}) in the `{fmt.name}` format: the model "
+               f"continues a prompt such as\n\n```\n{example}\n```\n\nwith `{fmt.response.strip()}` and its answer, "
+               "then ends with its end-of-text token (`zoo sample RUN --instruction ... --input ...` wraps it).\n")
+    usage = (f'pipe = pipeline("text-generation", model="PATH"{trust})\nprompt = {json.dumps(example)}\n'
+             'text = pipe(prompt, max_new_tokens=256, do_sample=False)[0]["generated_text"][len(prompt):]\n'
+             f'print(text.replace({json.dumps(fmt.response.strip())}, "", 1).strip())')
+    return section, usage
+
+
 def model_card(run, out: Path, kind: str, remote: bool) -> None:
     summary = read_summary(run.run_dir) or {}
     backbone = getattr(run.model, "backbone", run.model)
@@ -135,6 +153,9 @@ def model_card(run, out: Path, kind: str, remote: bool) -> None:
     code = (f"\nThe modelling code ({files}) ships in this folder and needs only torch and transformers; load it "
             "with `trust_remote_code=True`.\n" if remote else "")
     choices = "\n".join(f"- `{k} = {json.dumps(v)}`" for k, v in _choices(run)) or "- none (zoo's defaults)"
+    prompt = _prompt_section(run, trust)
+    if prompt:
+        usage = prompt[1]
     text = f"""---
 library_name: transformers
 pipeline_tag: {"text-classification" if classify else "text-generation"}
@@ -150,7 +171,7 @@ A {kind} trained with zoo (`zoo train`), exported with `zoo export-hf`.
 - Data: `{source_name(run.recipe.data.source)}`{f" (labels: {', '.join(run.recipe.task.labels)})" if classify else ""}
 - Licence: the weights are released under MIT; the training data keeps its own licence (see zoo's
   data provenance notes).
-{code}
+{code}{prompt[0] if prompt else ""}
 ## Metrics
 
 {_metrics_table(summary)}
@@ -212,7 +233,7 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best"
         raise ZooError(f"{out} exists and holds other files; choose a new folder or an earlier export's folder")
     run = load_run(run_dir, checkpoint)
     kind = run.recipe.task.kind
-    if kind not in ("lm", "classify"):
+    if kind not in (*LANGUAGE_MODELS, "classify"):
         raise ZooError(f"zoo export-hf exports language models and classifiers; {run_dir} is a {kind} run")
     if kind == "classify" and (run.recipe.task.pooling != "last_token" or run.recipe.task.head_bias):
         raise ZooError(f"{run_dir} reads the last padded position or has a head bias (the book's settings); "

@@ -68,6 +68,7 @@ class Batch(NamedTuple):
     slot: int = 0
     reset: bool = True
     lengths: torch.Tensor | None = None  # real lengths of right-padded rows (classification)
+    aux: torch.Tensor | None = None  # per-row numbers a loss needs (preference tuning: the reference log-probs)
 
     def to(self, device: torch.device) -> Batch:
         """The batch on `device`. To a GPU the copy goes through pinned memory without blocking, so the host
@@ -79,7 +80,7 @@ class Batch(NamedTuple):
                 return t.pin_memory().to(device, non_blocking=True)
             return t.to(device)
 
-        return self._replace(x=move(self.x), y=move(self.y), lengths=move(self.lengths))
+        return self._replace(x=move(self.x), y=move(self.y), lengths=move(self.lengths), aux=move(self.aux))
 
 
 class TaskLoss(nn.Module):
@@ -93,9 +94,9 @@ class TaskLoss(nn.Module):
         self.loss = loss
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, lengths: torch.Tensor | None,
-                state: State) -> tuple[torch.Tensor, State]:
+                state: State, aux: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
         # only tensors cross into the compiled graph (a slot number would be a constant to recompile on)
-        return self.loss(self.model, Batch(x, y, lengths=lengths), state)
+        return self.loss(self.model, Batch(x, y, lengths=lengths, aux=aux), state)
 
 
 class Task:
