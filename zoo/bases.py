@@ -13,8 +13,8 @@ import torch
 
 from zoo.checkpoint import Checkpointer
 from zoo.errors import ZooError
-from zoo.specs import LANGUAGE_MODELS
 from zoo.models import gpt2
+from zoo.specs import LANGUAGE_MODELS
 from zoo.tokenizers import FIELDS, Gpt2Tokenizer, Tokenizer, load_tokenizer
 
 

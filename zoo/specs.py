@@ -8,7 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-
 # the tasks whose runs are language models (their model is the backbone with its own LM head): what sampling,
 # evaluation, export and fine-tuning accept as a base
 LANGUAGE_MODELS = ("lm", "instruct", "preference")

@@ -21,7 +21,7 @@ from zoo.config import check, doc
 from zoo.errors import DataError
 from zoo.models.base import Backbone, State, eval_mode
 from zoo.specs import TaskSpec
-from zoo.tasks.base import Autocast, Batch, MicroBatchPlan, Task
+from zoo.tasks.base import Autocast, Batch, MicroBatchPlan
 from zoo.tasks.instruct import base_tokenizer, finetune, pretrained, wrap
 from zoo.tasks.instruct.config import InstructTaskConfig
 from zoo.tasks.instruct.data import FORMATS, IGNORE, Example, collate, read_records, split_records
