@@ -84,14 +84,19 @@ def test_the_books_split_and_the_phi3_format():
     assert FORMATS["alpaca"].answer("\n\n### Response:\nBlue.\n") == "Blue."
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """A tiny BPE GPT base run, and a 60-record instruction file (book split: 51 train, 6 test, 3 val)."""
-    root = tmp_path_factory.mktemp("instruct")
+def train_base(root: Path) -> None:
+    """A tiny BPE GPT base run, root/runs/base, trained on the tiny text."""
     text = write_text_file(root)
     result = one_process("train", REPO / "recipes" / "gpt2_shakespeare_char.toml", "--name", "base", *BASE,
                          "--set", f"data.source={text}", "--set", f"data.cache_dir={root / 'cache'}", cwd=root)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A tiny BPE GPT base run, and a 60-record instruction file (book split: 51 train, 6 test, 3 val)."""
+    root = tmp_path_factory.mktemp("instruct")
+    train_base(root)
     data = root / "records.json"
     data.write_text(json.dumps(RECORDS[:60]), encoding="utf-8")
     return root

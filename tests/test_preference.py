@@ -12,8 +12,8 @@ import torch
 
 from zoo.tasks.instruct.data import FORMATS
 
-from .conftest import REPO, one_process, read_summary, write_text_file
-from .test_instruct import BASE
+from .conftest import REPO, one_process, read_summary
+from .test_instruct import train_base
 
 RECORDS = json.loads((REPO / "zoo" / "data" / "embedded" / "instruction-data-with-preference.json")
                      .read_text(encoding="utf-8"))
@@ -24,10 +24,7 @@ TUNE = ["--set", "train.epochs=0", "--set", "train.max_steps=6", "--set", "eval.
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
     root = tmp_path_factory.mktemp("dpo")
-    text = write_text_file(root)
-    base = one_process("train", REPO / "recipes" / "gpt2_shakespeare_char.toml", "--name", "base", *BASE,
-                       "--set", f"data.source={text}", "--set", f"data.cache_dir={root / 'cache'}", cwd=root)
-    assert base.returncode == 0, base.stderr
+    train_base(root)
     (root / "prefs.jsonl").write_text("\n".join(json.dumps(r) for r in RECORDS[:40]), encoding="utf-8")
     result = one_process("finetune-preference", "--base", root / "runs" / "base", *TUNE, "--set",
                          f"data.source={root / 'prefs.jsonl'}", "--name", "dpo", cwd=root)

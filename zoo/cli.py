@@ -538,40 +538,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "probability")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("finetune-classifier", help="fine-tune a language model into a text classifier")
-    p.add_argument("--base", required=True, help="a language-model run (runs/NAME) or hf:gpt2 / hf:PATH")
-    p.add_argument("--recipe", default=str(RECIPES_DIR / "gpt2_spam_classifier.toml"),
-                   help="the classification recipe (default: recipes/gpt2_spam_classifier.toml, SMS spam)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    p.add_argument("--name", help="run name (default: spam_<base>)")
-    p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--restart", action="store_true",
-                   help="start the run over: its checkpoints, events and summary move to RUN/abandoned-<time>/")
-    p.set_defaults(func=_cmd_finetune, task_kind="classify")
+    def add_finetune(verb: str, kind: str, what: str, recipe: str, recipe_help: str, name: str,
+                     base: str = "a language-model run (runs/NAME) or hf:gpt2 / hf:PATH") -> None:
+        p = sub.add_parser(verb, help=what)
+        p.add_argument("--base", required=True, help=base)
+        p.add_argument("--recipe", default=str(RECIPES_DIR / recipe), help=recipe_help)
+        p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+        p.add_argument("--name", help=f"run name (default: {name})")
+        p.add_argument("--runs-dir", default="runs")
+        p.add_argument("--restart", action="store_true",
+                       help="start the run over: its checkpoints, events and summary move to RUN/abandoned-<time>/")
+        p.set_defaults(func=_cmd_finetune, task_kind=kind)
 
-    p = sub.add_parser("finetune-instruct", help="instruction-fine-tune a language model (Raschka ch. 7), then "
-                                                 "answer the test split's instructions")
-    p.add_argument("--base", required=True, help="a language-model run (runs/NAME) or hf:gpt2 / hf:PATH")
-    p.add_argument("--recipe", default=str(RECIPES_DIR / "gpt2_instruct.toml"),
-                   help="the instruction recipe (default: recipes/gpt2_instruct.toml, the book's settings)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    p.add_argument("--name", help="run name (default: <recipe>_<base>)")
-    p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--restart", action="store_true",
-                   help="start the run over: its checkpoints, events and summary move to RUN/abandoned-<time>/")
-    p.set_defaults(func=_cmd_finetune, task_kind="instruct")
-
-    p = sub.add_parser("finetune-preference", help="preference-tune (DPO) a language model, usually an "
-                                                   "instruction-tuned run, against itself as the reference")
-    p.add_argument("--base", required=True, help="the policy's start and the frozen reference: a run or hf:PATH")
-    p.add_argument("--recipe", default=str(RECIPES_DIR / "dpo_laptop.toml"),
-                   help="the preference recipe (default: recipes/dpo_laptop.toml, the book's DPO data)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    p.add_argument("--name", help="run name (default: <recipe>_<base>)")
-    p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--restart", action="store_true",
-                   help="start the run over: its checkpoints, events and summary move to RUN/abandoned-<time>/")
-    p.set_defaults(func=_cmd_finetune, task_kind="preference")
+    add_finetune("finetune-classifier", "classify", "fine-tune a language model into a text classifier",
+                 "gpt2_spam_classifier.toml",
+                 "the classification recipe (default: recipes/gpt2_spam_classifier.toml, SMS spam)", "spam_<base>")
+    add_finetune("finetune-instruct", "instruct", "instruction-fine-tune a language model (Raschka ch. 7), then "
+                 "answer the test split's instructions", "gpt2_instruct.toml",
+                 "the instruction recipe (default: recipes/gpt2_instruct.toml, the book's settings)", "<recipe>_<base>")
+    add_finetune("finetune-preference", "preference", "preference-tune (DPO) a language model, usually an "
+                 "instruction-tuned run, against itself as the reference", "dpo_laptop.toml",
+                 "the preference recipe (default: recipes/dpo_laptop.toml, the book's DPO data)", "<recipe>_<base>",
+                 base="the policy's start and the frozen reference: a run or hf:PATH")
 
     p = sub.add_parser("classify", help="classify texts with a fine-tuned classifier run")
     p.add_argument("run")

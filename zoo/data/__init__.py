@@ -119,30 +119,34 @@ def fit_tokenizer(data, documents: Documents, source_key: dict) -> Tokenizer:
 def recipe_tokenizer(data) -> tuple[Tokenizer, Path | None, bool]:
     """(tokenizer, where it is cached or None, whether this call trained it) for a recipe's [data], without
     tokenising the corpus."""
-    spec, argument = selected(data.tokenizer)
+    spec, _ = selected(data.tokenizer)
     if _single_text(data.source):
-        text = read_text(data.source, data.encoding_errors)
-        a, _ = _cut(len(text), data.splits, data.cut)
-        key = _text_key(data, text)
-
-        def documents(which: str):
-            yield text if which == "all" else text[:a]
+        documents, key = _text_documents(data, read_text(data.source, data.encoding_errors))
     else:
-        from zoo.data import tokens
-
-        settings = {"text_field": data.text_field, "val_fraction": data.val_fraction, "errors": data.encoding_errors}
-        key = {"source": data.source, **settings, **tokens.source_stamp(data.source)}
-
-        def documents(which: str):
-            return tokens.documents(data.source, which, **settings)
+        documents, key = _corpus_documents(data)
     path = tokenizer_path(data, key) if spec.trained else None
     existed = path is not None and path.is_file()
     return fit_tokenizer(data, documents, key), path, spec.trained and not existed
 
 
-def _text_key(data, text: str) -> dict:
-    return {"source": data.source, "bytes": len(text), "sha256": hashlib.sha256(
+def _text_documents(data, text: str) -> tuple[Documents, dict]:
+    """A single text's documents for fitting a tokenizer (its train part, or all of it) and its cache key."""
+    a, _ = _cut(len(text), data.splits, data.cut)
+
+    def documents(which: str):
+        yield text if which == "all" else text[:a]
+
+    return documents, {"source": data.source, "bytes": len(text), "sha256": hashlib.sha256(
         text.encode("utf-8", "surrogatepass")).hexdigest(), "splits": list(data.splits), "cut": data.cut}
+
+
+def _corpus_documents(data) -> tuple[Documents, dict]:
+    """A corpus's documents by split for fitting a tokenizer, and its cache key (files, sizes, times)."""
+    from zoo.data import tokens
+
+    settings = {"text_field": data.text_field, "val_fraction": data.val_fraction, "errors": data.encoding_errors}
+    key = {"source": data.source, **settings, **tokens.source_stamp(data.source)}
+    return (lambda which: tokens.documents(data.source, which, **settings)), key
 
 
 def text_splits(data, tokenizer: Tokenizer | None = None) -> tuple[Tokenizer, TokenSplits]:
@@ -153,12 +157,8 @@ def text_splits(data, tokenizer: Tokenizer | None = None) -> tuple[Tokenizer, To
     if not text:
         raise DataError(f"data source {data.source} is empty; it needs text to train on")
     a, b = _cut(len(text), data.splits, data.cut)
-
-    def documents(which: str):
-        yield text if which == "all" else text[:a]
-
     if tokenizer is None:
-        tokenizer = fit_tokenizer(data, documents, _text_key(data, text))
+        tokenizer = fit_tokenizer(data, *_text_documents(data, text))
     missing = tokenizer.unknown(text)
     if missing:
         raise DataError(f"data source {data.source} has characters the run's vocabulary lacks "
@@ -214,10 +214,8 @@ def prepare(data, tokenizer: Tokenizer | None = None, progress: bool = True) -> 
         raise DataError(f"data.source {data.source} is a corpus of documents; the {data.tokenizer} tokenizer reads "
                         "one UTF-8 text file: set data.tokenizer = \"bpe\", \"gpt2\" or \"hf:PATH\"")
     cache = Path(data.cache_dir).expanduser() / "tokens" if data.cache_dir else None
-    settings = {"text_field": data.text_field, "val_fraction": data.val_fraction, "errors": data.encoding_errors}
     if tokenizer is None:
-        source_key = {"source": data.source, **settings, **tokens.source_stamp(data.source)}
-        tokenizer = fit_tokenizer(data, lambda which: tokens.documents(data.source, which, **settings), source_key)
+        tokenizer = fit_tokenizer(data, *_corpus_documents(data))
     folder = tokens.prepare(data.source, tokenizer, text_field=data.text_field, val_fraction=data.val_fraction,
                             max_tokens=data.max_tokens, errors=data.encoding_errors, progress=progress, cache=cache)
     return tokenizer, folder
