@@ -142,6 +142,20 @@ def test_finetune_instruct_answers_the_test_split_from_the_best_checkpoint(base)
                 count += 1
     assert summary["test_response_tokens"] == count
     assert summary["test_loss"] == pytest.approx(nats / count, rel=1e-5)
+    # zoo eval gives the same loss and, with --predictions, the same answers; a base before tuning is evaluated
+    # on an instruction recipe's data with its own tokenizer
+    out = one_process("eval", run, "--checkpoint", "best", "--predictions", base / "answers.json", cwd=base)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["loss"] == pytest.approx(summary["test_loss"], rel=1e-6)
+    assert (base / "answers.json").read_text() == (run / "test_responses.json").read_text()
+    assert "wrote 6 answers to the test split" in out.stderr and "follow the format" in out.stderr
+    recipe = base / "ift_data.toml"
+    recipe.write_text((REPO / "recipes" / "instruct_laptop.toml").read_text().replace(
+        'source = "embedded:instructions"', f"source = {json.dumps(str(base / 'records.json'))}")
+        .replace("response_tokens = 64", "response_tokens = 6"))
+    before = one_process("eval", base / "runs" / "base", "--data", recipe, "--predictions", base / "b.json", cwd=base)
+    assert before.returncode == 0, before.stderr
+    assert json.loads(before.stdout)["tokens"] == count and len(json.loads((base / "b.json").read_text())) == 6
     # a second run with the same seed answers the same
     again = _tune(base, "ift2", "--set", "train.max_steps=12", "--set", "eval.interval=4", "--set", "train.lr=3e-3")
     assert again.returncode == 0

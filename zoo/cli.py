@@ -208,7 +208,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise ZooError("--weights needs --data RECIPE to say which data to evaluate on")
     from zoo.tokenizers import selected
 
-    if selected(recipe.data.tokenizer)[0].name != tok.kind:
+    # an instruction or preference recipe's tokenizer is the base's, here the model's own
+    if recipe.task.kind not in ("instruct", "preference") and selected(recipe.data.tokenizer)[0].name != tok.kind:
         raise ZooError(f"the model's tokenizer is {tok.kind} but the data recipe's is {recipe.data.tokenizer}; "
                        "evaluate on data of the model's tokenizer (set data.tokenizer)")
     if args.predictions and not Path(args.predictions).resolve().parent.is_dir():
@@ -219,15 +220,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     result = task.metrics(task.evaluate(model, args.split, device))
     print(json.dumps({"model": label, "split": args.split, **result}, indent=1))
     if rows is not None:
-        import csv
-
-        with open(args.predictions, "w", encoding="utf-8", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["where", "text", "label", "predicted", "probability"])
-            writer.writeheader()
-            writer.writerows(rows)
-        wrong = sum(r["label"] != r["predicted"] for r in rows)
-        print(f"wrote {len(rows)} predictions of the {args.split} split to {args.predictions} ({wrong} wrong)",
-              file=sys.stderr)
+        print(task.write_predictions(rows, Path(args.predictions), args.split), file=sys.stderr)
     return 0
 
 
@@ -533,9 +526,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--data", help="a recipe whose [data] to evaluate on (default: the run's own)")
-    p.add_argument("--predictions", metavar="FILE.csv",
+    p.add_argument("--predictions", metavar="FILE",
                    help="classifiers: write every example of the split with its text, true and predicted label and "
-                        "probability")
+                        "probability (CSV); instruction data (--data an instruct recipe): the model's greedy answers "
+                        "to the split's instructions, in the shape of test_responses.json")
     p.set_defaults(func=_cmd_eval)
 
     def add_finetune(verb: str, kind: str, what: str, recipe: str, recipe_help: str, name: str,

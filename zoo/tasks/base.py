@@ -7,6 +7,7 @@ import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -175,7 +176,12 @@ class Task:
     def predictions(self, model: Trainable, split: str, device: torch.device,
                     autocast: Autocast = contextlib.nullcontext) -> list[dict]:
         """Every example of a split with its prediction (for `zoo eval --predictions`)."""
-        raise ZooError("this task makes no per-example predictions (--predictions is for classifiers)")
+        raise ZooError("this task makes no per-example predictions (--predictions is for classifiers and "
+                       "instruction runs)")
+
+    def write_predictions(self, rows: list[dict], path: Path, split: str) -> str:
+        """Write `predictions`' rows to a file; returns the line that says what was written."""
+        raise NotImplementedError
 
 
 def summarize(loss_sum: float, tokens: int) -> dict[str, float]:

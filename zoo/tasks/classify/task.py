@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -135,6 +136,16 @@ class ClassifyTask(Task):
                     rows.append({"where": where, "text": text, "label": labels[truth],
                                  "predicted": labels[int(p.argmax())], "probability": float(p.max())})
         return rows
+
+    def write_predictions(self, rows: list[dict], path: Path, split: str) -> str:
+        import csv
+
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["where", "text", "label", "predicted", "probability"])
+            writer.writeheader()
+            writer.writerows(rows)
+        wrong = sum(r["label"] != r["predicted"] for r in rows)
+        return f"wrote {len(rows)} predictions of the {split} split to {path} ({wrong} wrong)"
 
 
 

@@ -52,6 +52,7 @@ class InstructTask(Task):
             raise DataError(f"the train split has {len(data.train)} examples, fewer than one batch "
                             f"({batch_size}); lower train.batch_size")
         self._order: tuple[int, np.ndarray] | None = None
+        self._answer_stats: dict = {}
 
     # ------------------------------------------------------------------------------ training
     def steps_per_epoch(self) -> int:
@@ -126,6 +127,23 @@ class InstructTask(Task):
         if main:
             write_responses(run_dir / "test_responses.json", rows)
         return stats
+
+    def predictions(self, model: nn.Module, split: str, device: torch.device,
+                    autocast: Autocast = contextlib.nullcontext) -> list[dict]:
+        """Greedy answers to a split's instructions (`zoo eval --predictions`: e.g. a base before tuning)."""
+        from zoo.tasks.instruct.answers import answer_records
+
+        rows, self._answer_stats = answer_records(model, self.tokenizer, self.format, self.data.records[split],
+                                                  self.config, device, self.max_length)
+        return rows
+
+    def write_predictions(self, rows: list[dict], path: Path, split: str) -> str:
+        from zoo.tasks.instruct.answers import write_responses
+
+        write_responses(path, rows)
+        stats = self._answer_stats
+        return (f"wrote {len(rows)} answers to the {split} split to {path} ({stats['answers_ended']:.0%} ended "
+                f"within {self.config.response_tokens} tokens, {stats['format_following']:.0%} follow the format)")
 
     def report(self, split: str, metrics: dict) -> str:
         return f"{split} response loss {metrics['loss']:.4f} over {metrics['tokens']:,} response tokens"
