@@ -109,7 +109,10 @@ def test_classify_refuses_empty_files_and_text_outside_the_vocabulary(zoo, make_
     empty = zoo("classify", "runs/spam_base", "--file", tmp_path / "empty.txt")
     assert empty.code == 2 and "has no lines to classify" in empty.err
     foreign = zoo("classify", "runs/spam_base", "日本語")
-    assert foreign.code == 2 and "has no character the run's vocabulary knows ('日', '本', '語')" in foreign.err
+    assert foreign.code == 2 and "has no character the run's vocabulary knows besides spaces ('日', '本', '語')" \
+        in foreign.err
+    spaced = zoo("classify", "runs/spam_base", "テキスト 日本語")  # its one known character is a space
+    assert spaced.code == 2 and spaced.err.count("\n") == 1 and "besides spaces" in spaced.err and not spaced.out
     mixed = zoo("classify", "runs/spam_base", "win 日本 now")
     assert mixed.code == 0 and mixed.out.split()[0] in ("ham", "spam")
     assert "the text has characters the run's vocabulary lacks ('日', '本'); they are read as ' '" in mixed.err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -330,8 +331,8 @@ def _target(value: str | None) -> float | str | None:
         target = float(value)
     except ValueError:
         raise ZooError(f"--target-loss {value!r} must be a loss (e.g. 3.28) or baseline") from None
-    if not target > 0:
-        raise ZooError(f"--target-loss {value!r} must be > 0")
+    if not (target > 0 and math.isfinite(target)):
+        raise ZooError(f"--target-loss {value!r} must be a finite loss > 0 (e.g. 3.28), or baseline")
     return target
 
 
@@ -346,13 +347,17 @@ def _report(runs: list, args: argparse.Namespace) -> None:
     for line in ([why] if why else []) + compare.notes(rows):
         print(f"zoo: note: {line}", file=sys.stderr)
     if args.plot:
-        experiments, count = compare.plot(runs, args.plot, args.x, args.smooth, metric)
-        print(f"wrote {args.plot} ({experiments} experiments, {count} runs)", file=sys.stderr)
+        path = compare.plot_path(args.plot)
+        experiments, count = compare.plot(runs, path, args.x, args.smooth, metric)
+        print(f"wrote {path} ({experiments} experiments, {count} runs)", file=sys.stderr)
 
 
 def _check_plot_args(args: argparse.Namespace) -> None:
-    if args.plot and not Path(args.plot).resolve().parent.is_dir():
-        raise ZooError(f"--plot {args.plot}: the folder {Path(args.plot).parent} does not exist; create it first")
+    """Everything --plot, --smooth and --target-loss need, checked before a sweep trains or compare reads."""
+    if args.plot:
+        from zoo.compare import plot_path
+
+        plot_path(args.plot)
     if not 0 <= args.smooth < 1:
         raise ZooError(f"--smooth {args.smooth} must be in [0, 1) (0 = off; TensorBoard's 0.6-0.99)")
     _target(args.target_loss)
@@ -367,10 +372,12 @@ def _check_characters(tokenizer, texts: list[str], what: str = "") -> None:
         return
     chars = sorted({c for _, m in unknown for c in m})
     shown = ", ".join(repr(c) for c in chars[:8]) + (" ..." if len(chars) > 8 else "")
-    hopeless = [i for i, _ in unknown if not texts[i].strip() or all(c in chars for c in texts[i])]
+    # a text whose only known characters are spaces says nothing the model can read
+    hopeless = [i for i, _ in unknown if all(c in chars or c.isspace() for c in texts[i])]
     if hopeless:
         raise ZooError(f"{'text' if len(texts) == 1 else f'line {hopeless[0] + 1}'} has no character the run's "
-                       f"vocabulary knows ({shown}); it was trained on {tokenizer.vocab_size} characters")
+                       f"vocabulary knows besides spaces ({shown}); it was trained on {tokenizer.vocab_size} "
+                       "characters")
     what = what or ("the text" if len(texts) == 1 else f"{len(unknown)} of the {len(texts)} lines")
     print(f"zoo: warning: {what} has characters the run's vocabulary lacks ({shown}); they are read as "
           f"{tokenizer.fallback!r}", file=sys.stderr)
@@ -651,10 +658,13 @@ def console() -> int:
     import signal
 
     try:
-        return main()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
+        try:
+            return main()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
+    except KeyboardInterrupt:  # one more signal while main printed how it ended, or as it returned
+        return 130
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,7 +62,18 @@ def read_run(path: str | Path) -> RunInfo:
     summary_path = path / "summary.json"
     if not summary_path.is_file():
         raise ZooError(f"{path} has no summary.json yet; let its training finish (or resume it) first")
-    info = RunInfo(path, flatten(completed(read_toml(path / "recipe.toml"))), json.loads(summary_path.read_text()))
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        why = "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else (
+            f"is not valid JSON ({exc.msg}, line {exc.lineno})" if isinstance(exc, json.JSONDecodeError)
+            else f"cannot be read ({exc.strerror or exc})")
+        raise ZooError(f"{summary_path} {why}; restore it from a copy, or resume the run (`zoo train {path}`) "
+                       "to write it again") from None
+    if not isinstance(summary, dict):
+        raise ZooError(f"{summary_path} holds a JSON {type(summary).__name__}, not the object zoo writes; restore "
+                       f"it from a copy, or resume the run (`zoo train {path}`) to write it again")
+    info = RunInfo(path, flatten(completed(read_toml(path / "recipe.toml"))), summary)
     if (path / "tb").is_dir():
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -410,6 +421,30 @@ def _colours(n: int) -> list:
     if n <= 20:
         return [matplotlib.colormaps["tab20"](i) for i in range(n)]
     return [matplotlib.colormaps["turbo"](i / max(1, n - 1)) for i in range(n)]
+
+
+def plot_path(value: str) -> Path:
+    """The file a --plot argument names, checked before anything is trained or read: an image format matplotlib
+    writes (no suffix = PNG, added to the name), in a folder that exists, and not a folder itself."""
+    path = Path(value)
+    if path.is_dir():
+        raise ZooError(f"--plot {value} is a folder; name a file in it, e.g. --plot {path / 'compare.png'}")
+    if not path.resolve().parent.is_dir():
+        raise ZooError(f"--plot {value}: the folder {path.parent} does not exist; create it first")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    formats = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    suffix = path.suffix.lower().lstrip(".")
+    if not suffix:
+        return path.with_name(path.name + ".png")
+    if suffix not in formats:
+        raise ZooError(f"--plot {value}: matplotlib cannot write .{suffix} files; use one of "
+                       f"{', '.join('.' + f for f in sorted(formats))} (e.g. compare.png)")
+    return path
 
 
 def plot(runs: list[RunInfo], path: str | Path, x: str = "step", smooth: float = 0.0,

@@ -412,6 +412,11 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
     if recipe.data.splits[2] == 0 and recipe.eval.test:
         raise RecipeError("recipe value data.splits leaves no test split; set eval.test = false as well (e.g. for "
                           "nanoGPT's 90/10 train/val cut), or give the test split a fraction")
+    schedule = recipe.schedule
+    if schedule.kind in ("cosine", "linear", "wsd") and schedule.min_lr > recipe.train.lr:
+        raise RecipeError(f"recipe value schedule.min_lr is {schedule.min_lr:g}, above train.lr "
+                          f"({recipe.train.lr:g}): the rate would rise {schedule.min_lr / recipe.train.lr:.3g}x "
+                          "during the decay; min_lr is an absolute rate, so set it at or below train.lr")
     for part in (model, task, optim):
         part.validate_recipe(recipe)
     return recipe
@@ -439,10 +444,36 @@ def recipe_with_overrides(raw: dict[str, Any], overrides: list[str], source: str
     """The Recipe of a parsed TOML document (read from `source`) with `--set` overrides applied. An error names
     where the bad value came from: the `--set` that introduced it, or else the file."""
     merged = apply_overrides(raw, overrides)  # a malformed override is named by its own message
+    _check_size_override(raw, overrides)
     try:
         return recipe_from_dict(merged)
     except RecipeError as exc:
         raise RecipeError(f"{_blame(raw, overrides, str(exc), source)}: {exc}") from None
+
+
+DIMENSIONS = ("n_layer", "n_head", "n_embd")
+
+
+def _check_size_override(raw: dict[str, Any], overrides: list[str]) -> None:
+    """`--set model.size=NAME` after the recipe (its file, or an earlier --set) fixed the dimensions: those would
+    win over the named size without a word, so say how to get the size asked for."""
+    parsed = [parse_override(o) for o in overrides]
+    last = max((i for i, (path, value) in enumerate(parsed) if path == ["model", "size"] and value
+                and isinstance(value, str)), default=None)
+    if last is None:
+        return
+    before = apply_overrides(raw, overrides[:last]).get("model")
+    before = before if isinstance(before, dict) else {}
+    after = {path[1] for path, _ in parsed[last + 1:] if len(path) == 2 and path[0] == "model"}
+    after |= {k for path, value in parsed[last + 1:] if path == ["model"] and isinstance(value, dict) for k in value}
+    fixed = [k for k in DIMENSIONS if before.get(k) and k not in after]
+    if fixed:
+        size = parsed[last][1]
+        shown = ", ".join(f"model.{k} = {before[k]}" for k in fixed)
+        zeros = " ".join(f"--set model.{k}=0" for k in fixed)
+        raise RecipeError(f"--set model.size={size}: the recipe already sets {shown}, which win over a named size; "
+                          f"add {zeros} to train {size}'s dimensions (0 = from size), or set the dimensions you "
+                          "want instead of the size")
 
 
 def _blame(raw: dict[str, Any], overrides: list[str], message: str, source: str) -> str:

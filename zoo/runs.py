@@ -171,6 +171,19 @@ def set_aside(run_dir: Path, names: tuple[str, ...] = ABANDONABLE) -> Path | Non
     return target
 
 
+def unclaimed(folder: Path) -> bool:
+    """Whether a folder holds no run: empty, or only what a training killed before it wrote its recipe leaves
+    (the lock file, temp files, empty folders), so a new run may take it."""
+    if not folder.is_dir():
+        return False
+    for path in folder.rglob("*"):
+        if path.is_dir():
+            continue
+        if path.parent != folder or not (path.name == ".lock" or re.fullmatch(r"\..*\.tmp(-.*)?", path.name)):
+            return False
+    return True
+
+
 def clean_run_dir(run_dir: Path) -> None:
     """Remove temp files that a killed write left in the run directory (only while holding its lock)."""
     for path in run_dir.glob(".*.tmp-*"):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from zoo.errors import RecipeError, ZooError
 from zoo.recipe import Recipe, load_recipe, read_toml, recipe_changes, recipe_to_dict
-from zoo.runs import check_name, read_summary
+from zoo.runs import check_name, read_summary, unclaimed
 
 SEED_FIELDS = {"run": ("run.seed",), "data": ("data.seed",), "both": ("run.seed", "data.seed")}
 
@@ -92,6 +92,11 @@ def parse_ablation(text: str) -> Intervention:
         key, eq, value = item.partition("=")
         if not eq or not key.strip() or not value.strip():
             raise ZooError(f"--ablate {text!r}: {item!r} must look like section.key=value")
+    keys = [item.partition("=")[0].strip() for item in items]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ZooError(f"--ablate {text!r} sets {', '.join(twice)} more than once (the last would win); give each "
+                       "field once")
     return Intervention(name, tuple(items))
 
 
@@ -138,6 +143,15 @@ def plan(recipe_path: str | Path, fixed: list[str], runs_dir: Path, *, vary: lis
         if stack and len(set(keys)) != len(keys):
             raise ZooError("--stack: two interventions set the same field "
                            f"({', '.join(sorted({k for k in keys if keys.count(k) > 1}))}); a stack needs each once")
+        baseline = recipe_to_dict(base)
+        for i in interventions:
+            try:
+                arm = load_recipe(recipe_path, [*fixed, *i.overrides])
+            except RecipeError as exc:
+                raise ZooError(f"sweep point {i.name} (seed {base.run.seed}): {exc}") from None
+            if not recipe_changes(baseline, recipe_to_dict(arm)):
+                raise ZooError(f"--ablate {i.name}: {', '.join(i.overrides)} is what the baseline already has, so "
+                               "the arm would train the baseline again; give it a value that differs")
         nb = baseline_seeds or seeds
         arms.append(("baseline", [], nb))
         arms += [(i.name, list(i.overrides), seeds) for i in interventions]
@@ -176,7 +190,7 @@ def _free_name(runs_dir: Path, stem: str, recipe: Recipe, taken: set[str]) -> tu
             return name, "new"
         saved = folder / "recipe.toml"
         if not saved.is_file():
-            if folder.is_dir() and not any(folder.iterdir()):
+            if unclaimed(folder):
                 return name, "new"
             continue
         try:  # the run saved its recipe resolved (e.g. init_from's architecture filled in)

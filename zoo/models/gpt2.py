@@ -106,6 +106,9 @@ class GPT2Config(Section):
         check(0 <= self.dropout < 1, "model.dropout", f"is {self.dropout}; it must be in [0, 1)")
         check(self.rope_base > 1 and math.isfinite(self.rope_base), "model.rope_base",
               f"is {self.rope_base}; it must be > 1")
+        check(self.position == "rotary" or self.rope_base == 10000.0, "model.rope_base",
+              f"is {self.rope_base:g} but model.position is {self.position!r}, which has no rotation to set; use "
+              "model.position = \"rotary\", or leave rope_base at its default 10000")
         check(self.logit_softcap >= 0 and math.isfinite(self.logit_softcap), "model.logit_softcap",
               f"is {self.logit_softcap}; use 0 (off) or a positive cap such as 15 or 30")
         check(self.init_from == "" or self.init_from.startswith("hf:"), "model.init_from",
