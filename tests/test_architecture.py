@@ -51,8 +51,11 @@ def test_models_and_tasks_import_only_lower_layers():
     for module, imports in _imports().items():
         if module.startswith(("zoo.models", "zoo.tasks", "zoo.data", "zoo.bases", "zoo.config", "zoo.specs")):
             assert not imports & upper, f"{module} imports {sorted(imports & upper)}"
-    users = [p.name for p in ZOO.rglob("*.py") if "torch.distributed" in p.read_text(encoding="utf-8")]
-    assert users == ["dist.py"], users  # the only module that knows about torch.distributed
+    users = sorted(p.name for p in ZOO.rglob("*.py") if "import torch.distributed" in p.read_text(encoding="utf-8")
+                   or "from torch.distributed" in p.read_text(encoding="utf-8"))
+    assert users == ["dist.py"], users  # the only module that imports torch.distributed
+    launcher = (ZOO / "launch.py").read_text(encoding="utf-8")  # it runs torchrun as a command, torch-free
+    assert not any(line.startswith(("import torch", "from torch", "from zoo")) for line in launcher.splitlines())
 
 
 def test_the_trainer_names_no_task_metric_or_model_attribute():

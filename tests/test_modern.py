@@ -102,17 +102,24 @@ def test_the_default_model_is_bitwise_the_gpt2_it_was():
         assert {k: digest(v) for k, v in sorted(model.state_dict().items())} == want["state"], name
         model.eval()
         x = torch.randint(0, 101, (2, 20))
-        assert digest(model.logits(model(x)[0])) == want["logits"], name
+        # the weights are bitwise; the logits to float rounding, since a CPU's matmul kernels sum in an order of
+        # their own (AVX-512 and AVX2 machines differ in the last bits); values by the earlier code
+        logits = model.logits(model(x)[0]).detach()
+        evaluated = digest(logits)
+        logits = logits.double()
+        assert logits.flatten()[::37].tolist() == pytest.approx(want["logits_values"], abs=2e-6), name
+        assert float(logits.sum()) == pytest.approx(want["logits_sum"], rel=1e-6, abs=1e-4), name
+        assert float(logits.abs().sum()) == pytest.approx(want["logits_abs_sum"], rel=1e-6), name
         assert model.flops_per_token() == want["flops"]
         assert generate(model, [1, 2, 3], 40, temperature=0) == want["generated"], name
         model.train()  # dropout's masks come from the CPU's Bernoulli kernel, which draws differently on AMD
         # EPYC than on the machine that wrote the reference ("train_logits" there): checked for what it
-        # must be on any machine instead (seeded, active where dropout > 0, the eval logits where it is 0)
+        # must be on any machine instead (seeded, active where dropout > 0, this machine's eval logits where 0)
         torch.manual_seed(4)
         train = digest(model.logits(model(x)[0]))
         torch.manual_seed(4)
         assert digest(model.logits(model(x)[0])) == train, name
-        assert (train != want["logits"]) == (cfg.dropout > 0), name
+        assert (train != evaluated) == (cfg.dropout > 0), name
 
 
 # ------------------------------------------------------------------------------------- components

@@ -108,7 +108,7 @@ def test_an_instruction_tuned_run_exports_with_its_prompt_format(tuned, tmp_path
     card = (out / "README.md").read_text()
     assert "## Prompt format" in card and "### Instruction:" in card and "### Response:" in card
     fmt = FORMATS["alpaca"]
-    prompt = fmt.prompt("Name a primary colour.", "")
+    prompt = fmt.generation_prompt("Name a primary colour.", "")
     pipe = transformers.pipeline("text-generation", model=str(out))
     text = pipe(prompt, max_new_tokens=8, do_sample=False)[0]["generated_text"][len(prompt):]
     ours = one_process("sample", tuned / "runs" / "dpo", "--instruction", "Name a primary colour.",

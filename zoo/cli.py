@@ -16,23 +16,50 @@ RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from zoo.runs import check_name
+    from zoo.config import check_name
+
+    if args.nproc_per_node > 1 and "RANK" not in os.environ:
+        return _launch_train(args)
     from zoo.trainer import train
 
     recipe, name, runs_dir = _train_target(args)
     name = check_name(name)
     _check_runs_dir(runs_dir)
-    if args.nproc_per_node > 1 and "RANK" not in os.environ:
-        from zoo import dist
-
-        argv = ["train", args.recipe, "--name", name, "--runs-dir", runs_dir]
-        for item in args.set:
-            argv += ["--set", item]
-        if args.restart:
-            argv.append("--restart")
-        return dist.launch(args.nproc_per_node, argv, args.max_restarts, Path(runs_dir) / name)
     result = train(recipe, Path(runs_dir) / name, restart=args.restart)
     return 128 + result.signal if result.signal else 0
+
+
+def _launch_train(args: argparse.Namespace) -> int:
+    """`zoo train --nproc-per-node N`: torchrun's workers train; this process only starts them and imports no
+    torch. The workers read and check the recipe, and a bad one is their one line."""
+    from zoo.config import check_name
+    from zoo.launch import launch
+
+    given = Path(args.recipe)
+    if given.is_dir():
+        run = _run_folder(given)
+        name, runs_dir = args.name or run.name, args.runs_dir or str(run.parent)
+    else:
+        if not _recipe_path(args.recipe).is_file():
+            raise ZooError(f"recipe file {args.recipe} does not exist (`zoo recipes` lists the shipped ones)")
+        name = args.name if args.name is not None else Path(args.recipe).stem
+        runs_dir = args.runs_dir or "runs"
+    name = check_name(name)
+    _check_runs_dir(runs_dir)
+    argv = ["train", args.recipe, "--name", name, "--runs-dir", runs_dir]
+    for item in args.set:
+        argv += ["--set", item]
+    if args.restart:
+        argv.append("--restart")
+    return launch(args.nproc_per_node, argv, args.max_restarts, Path(runs_dir) / name)
+
+
+def _run_folder(given: Path) -> Path:
+    """A run directory given where a recipe goes (`zoo train runs/NAME`), checked to hold a run."""
+    if not (given / "recipe.toml").is_file():
+        raise ZooError(f"{given} is a folder, not a recipe file, and not a run (no recipe.toml in it); give a "
+                       "recipe (e.g. recipes/char_rnn_shakespeare.toml) or a run directory (runs/NAME)")
+    return given if given.name not in ("", ".", "..") else given.resolve()
 
 
 def _train_target(args: argparse.Namespace):
@@ -42,11 +69,8 @@ def _train_target(args: argparse.Namespace):
 
     given = Path(args.recipe)
     if given.is_dir():
-        if not (given / "recipe.toml").is_file():
-            raise ZooError(f"{given} is a folder, not a recipe file, and not a run (no recipe.toml in it); give a "
-                           "recipe (e.g. recipes/char_rnn_shakespeare.toml) or a run directory (runs/NAME)")
+        run = _run_folder(given)
         recipe = load_recipe(given / "recipe.toml", args.set)
-        run = given if given.name not in ("", ".", "..") else given.resolve()
         return recipe, args.name or run.name, args.runs_dir or str(run.parent)
     recipe = load_recipe(_recipe_path(args.recipe), args.set)
     return recipe, args.name if args.name is not None else Path(args.recipe).stem, args.runs_dir or "runs"
@@ -659,19 +683,27 @@ def console() -> int:
 
     try:
         try:
-            return main()
+            code = main()
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_IGN)
     except KeyboardInterrupt:  # one more signal while main printed how it ended, or as it returned
         return 130
+    if code == 0 and "TORCHELASTIC_RUN_ID" in os.environ:
+        # a DDP worker whose work is saved leaves without the interpreter's teardown, where gloo's threads can
+        # abort the process in C++ ("terminate called without an active exception")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
     """The commands (tests call this in-process). User errors print one line and return 2. Under torchrun,
     its error recording is on, so a failing rank's traceback reaches the launcher's summary."""
     if "TORCHELASTIC_RUN_ID" in os.environ:
-        from zoo.dist import die_with_parent, record
+        from zoo.dist import record
+        from zoo.launch import die_with_parent
 
         die_with_parent()  # a worker whose torchrun agent is gone (killed outright) goes too
         return record(_main)(argv)

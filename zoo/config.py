@@ -4,6 +4,7 @@ tasks declare their config classes with these, without importing the recipe pars
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -38,3 +39,13 @@ class Section:
     def resolved(self) -> Section:
         """The section with what it points to filled in (e.g. GPT-2's architecture from `init_from` weights)."""
         return self
+
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
+
+
+def check_name(name: str) -> str:
+    """A run name is one plain path component (no `/`, no `..`)."""
+    if not NAME.match(name) or ".." in name:
+        raise RecipeError(f"run name {name!r} must be letters, digits and . _ - + = (no slashes or '..')")
+    return name

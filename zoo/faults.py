@@ -2,6 +2,8 @@
 
     crash@STEP[:RANK]    the process exits (as a lost worker would) at the start of optimizer step STEP
     raise@STEP[:RANK]    an exception at the start of that step
+    abort@teardown[:RANK] SIGABRT once a DDP worker has finished and said so, before its process group is torn
+                         down (as gloo's C++ abort "terminate called without an active exception" does)
     kill@EVENT[:N]       SIGKILL at the N-th (default 1st) file event named EVENT of this process
     torn@EVENT[:N]       the file being written is cut to half its bytes, then SIGKILL
     enospc@EVENT[:N]     OSError ENOSPC (a full disk) at that event
@@ -45,6 +47,14 @@ def step(number: int, rank: int) -> None:
     if kind == "crash":
         os._exit(1)
     raise RuntimeError(f"injected fault at step {number} on rank {rank}")
+
+
+def teardown(rank: int) -> None:
+    """The hook between a DDP worker's finished work and its teardown."""
+    spec = _spec()
+    if spec is None or spec[0] != "abort" or spec[1] != "teardown" or (spec[2] and int(spec[2]) != rank):
+        return
+    os.abort()
 
 
 def file_event(event: str, path: Path | None = None) -> None:

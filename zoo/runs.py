@@ -15,6 +15,7 @@ from torch import nn
 
 from zoo import registry
 from zoo.checkpoint import Checkpointer, describe, write_atomic
+from zoo.config import check_name  # noqa: F401  (the run-name rule, re-exported)
 from zoo.errors import CheckpointError, RecipeError
 from zoo.recipe import (
     Recipe,
@@ -28,15 +29,6 @@ from zoo.recipe import (
     recipe_with_overrides,
 )
 from zoo.tokenizers import Tokenizer, load_tokenizer
-
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
-
-
-def check_name(name: str) -> str:
-    """A run name is one plain path component (no `/`, no `..`)."""
-    if not NAME.match(name) or ".." in name:
-        raise RecipeError(f"run name {name!r} must be letters, digits and . _ - + = (no slashes or '..')")
-    return name
 
 
 def lock_run_dir(run_dir: Path):

@@ -117,10 +117,15 @@ def _available_memory(device: torch.device) -> int | None:
 
 
 def check_model_size(recipe: Recipe, vocab_size: int, device: torch.device) -> None:
-    """Refuse a model whose fp32 weights alone would not fit in memory (built first on the meta device, which
-    allocates nothing), instead of an allocator's traceback."""
-    with torch.device("meta"):
-        params = count_parameters(registry.build_model(recipe.model, vocab_size, device))
+    """Refuse a model whose fp32 weights alone would not fit in memory, instead of an allocator's traceback:
+    counted from the config where the architecture can (the model is then built once), else built on the meta
+    device, which allocates nothing."""
+    spec = registry.model_spec(recipe.model.arch)
+    if spec.parameters is not None:
+        params = spec.parameters(recipe.model, vocab_size)
+    else:
+        with torch.device("meta"):
+            params = count_parameters(registry.build_model(recipe.model, vocab_size, device))
     memory = _available_memory(device)
     if memory and params * 4 > memory:
         raise RecipeError(f"the model would have {params:,} parameters ({params * 4 / 2**30:,.1f} GiB of fp32 weights "

@@ -24,6 +24,9 @@ class ModelSpec:
     config: type
     build: Callable[..., Any]
     exporter: str = ""
+    # `parameters(config, vocab_size) -> int`: about how many parameters `build` makes (within a few percent),
+    # without building it: the memory check before a run builds its model once
+    parameters: Callable[..., int] | None = None
 
 
 @dataclass(frozen=True)

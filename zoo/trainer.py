@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 
 from zoo import dist, faults, stops
 from zoo.errors import TrainingError
+from zoo.launch import FINISHED_MARK
 from zoo.models.base import detach_state
 from zoo.optim import lr_at, role_rates, set_rates
 from zoo.recipe import Recipe, flatten, recipe_to_dict
@@ -61,6 +63,9 @@ def train(recipe: Recipe, run_dir: str | Path, restart: bool = False) -> TrainRe
             started()
             result = trainer.run()
         dist.barrier(env)  # leave together: a rank tearing down gloo while a peer still talks to it can abort
+        if env.distributed:  # the launcher's proof that this rank's work is saved, whatever its teardown does
+            print(f"{FINISHED_MARK} {env.rank}", file=sys.stderr, flush=True)
+            faults.teardown(env.rank)
         return result
     finally:
         dist.shutdown()

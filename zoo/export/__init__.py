@@ -130,11 +130,10 @@ def _prompt_section(run, trust: str) -> tuple[str, str] | None:
     from zoo.tasks.instruct.data import FORMATS
 
     fmt = FORMATS[run.recipe.task.prompt_format]
-    example = fmt.prompt("Rewrite the sentence using a simile.", "The car is very fast.")
+    example = fmt.generation_prompt("Rewrite the sentence using a simile.", "The car is very fast.")
     section = (f"\n## Prompt format\n\nInstruction-tuned ({run.recipe.task.kind}) in the `{fmt.name}` format: the "
-               f"model continues a prompt such as\n\n```\n{example}\n```\n\nwith `{fmt.response.strip()}` and its "
-               "answer, then ends with its end-of-text token (`zoo sample RUN --instruction ... --input ...` "
-               "wraps it).\n")
+               f"model continues a prompt such as\n\n```\n{example}\n```\n\nwith its answer, then ends with its "
+               "end-of-text token (`zoo sample RUN --instruction ... --input ...` wraps it).\n")
     usage = (f'pipe = pipeline("text-generation", model="PATH"{trust})\nprompt = {json.dumps(example)}\n'
              'text = pipe(prompt, max_new_tokens=256, do_sample=False)[0]["generated_text"][len(prompt):]\n'
              f'print(text.replace({json.dumps(fmt.response.strip())}, "", 1).strip())')

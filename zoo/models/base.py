@@ -19,6 +19,7 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 State = tuple[torch.Tensor, ...] | None
@@ -83,6 +84,11 @@ class Backbone(Trainable):
         """Next-token logits over the vocabulary."""
         return self.lm_head(hidden)
 
+    def next_token_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of `logits(hidden)` [..., V] against `targets` [...] (-100 = ignored), in fp32."""
+        logits = self.logits(hidden)
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+
     def init_state(self, batch_size: int, device: torch.device | str) -> State:
         """The state a sequence starts from (recurrent state, or an empty generation cache)."""
         return None
@@ -109,13 +115,6 @@ def detach_state(state: State) -> State:
     if state is None:
         return None
     return tuple(t.detach() for t in state)
-
-
-def select_state(state: State, rows: torch.Tensor | slice) -> State:
-    """The carried state of some batch rows (recurrent states are laid out [layers, batch, hidden])."""
-    if state is None:
-        return None
-    return tuple(t[:, rows] for t in state)
 
 
 def logical_rows(model: nn.Module) -> dict[int, int]:

@@ -32,6 +32,7 @@ from torch import nn
 from zoo.config import Section, check, doc
 from zoo.errors import ZooError
 from zoo.models.base import Backbone, count_parameters
+from zoo.models.head_loss import fused_applies, head_loss
 from zoo.specs import ModelSpec
 
 # n_layer, n_head, n_embd of the named sizes; the tiny ones are for CPU experiments and tests
@@ -164,13 +165,6 @@ class KVCache:
     @property
     def length(self) -> int:
         return 0 if self.keys[0] is None else self.keys[0].shape[2]
-
-    def crop(self, length: int) -> None:
-        """Keep only the last `length` positions (when the context window is full)."""
-        for i in range(len(self.keys)):
-            if self.keys[i] is not None:
-                self.keys[i] = self.keys[i][:, :, -length:]
-                self.values[i] = self.values[i][:, :, -length:]
 
 
 def make_norm(config: GPT2Config, width: int) -> nn.Module:
@@ -345,6 +339,17 @@ class GPT2(Backbone):
             logits = self.softcap * torch.tanh(logits / self.softcap)
         return logits
 
+    def next_token_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The head and the cross-entropy (-100 = ignored) as one chunked operation where the step is eager
+        fp32 (zoo.models.head_loss: the [N, V] logits are never held whole); the plain form otherwise."""
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        if not fused_applies(flat):
+            return super().next_token_loss(hidden, targets)
+        weight = self.lm_head.weight
+        if self.padded_vocab != self.vocab_size:
+            weight = weight[: self.vocab_size]
+        return head_loss(flat, weight, targets.reshape(-1), self.softcap)
+
     def layer_groups(self) -> tuple[list[list[nn.Parameter]], list[nn.Parameter]]:
         """Parameters from input to output (embeddings, then each block) and the final norm, for freezing."""
         embeddings = [self.wte.weight] + ([self.wpe.weight] if self.rotary is None else [])
@@ -504,4 +509,15 @@ def from_hf(spec: str, base: GPT2Config | None = None) -> GPT2:
     return model
 
 
-SPEC = ModelSpec(name="gpt2", config=GPT2Config, build=build, exporter="zoo.export.gpt2")
+def parameters(config: GPT2Config, vocab_size: int) -> int:
+    """About the parameters a GPT-2 of this config has (the memory check; biases and gains counted generously)."""
+    layers, _, width = config.dims()
+    vocab = config.vocab_size or vocab_size
+    mlp = (3 if config.mlp == "swiglu" else 2) * width * config.hidden()
+    per_layer = 4 * width * width + mlp + 16 * width
+    embeddings = vocab * width * (1 if config.tie_weights else 2)
+    positions = config.context_length * width if config.position == "learned" else 0
+    return layers * per_layer + embeddings + positions
+
+
+SPEC = ModelSpec(name="gpt2", config=GPT2Config, build=build, exporter="zoo.export.gpt2", parameters=parameters)

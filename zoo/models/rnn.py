@@ -102,4 +102,15 @@ def build(config: CharRNNConfig, vocab_size: int, device: torch.device | None = 
     return CharRNN(config, vocab_size)
 
 
-SPEC = ModelSpec(name="char_rnn", config=CharRNNConfig, build=build, exporter="zoo.export.rnn")
+def parameters(config: CharRNNConfig, vocab_size: int) -> int:
+    """About the parameters a char-RNN of this config has (the memory check)."""
+    hidden, gates = config.hidden_size, {"lstm": 4, "gru": 3, "rnn": 1}[config.cell]
+    first = vocab_size if config.input == "onehot" else (config.embedding_dim or hidden)
+    embedding = 0 if config.input == "onehot" else vocab_size * first
+    layers = sum(gates * (hidden * ((first if i == 0 else hidden) + hidden) + 2 * hidden)
+                 for i in range(config.num_layers))
+    head = 0 if config.tie_weights else hidden * vocab_size + vocab_size
+    return embedding + layers + head
+
+
+SPEC = ModelSpec(name="char_rnn", config=CharRNNConfig, build=build, exporter="zoo.export.rnn", parameters=parameters)

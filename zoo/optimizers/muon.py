@@ -26,10 +26,9 @@ from torch import nn
 
 from zoo.config import Section, check, doc
 from zoo.errors import RecipeError
+from zoo.models.base import ROLES
 from zoo.optimizers.base import KERNEL, Chain, by_role, implementation
 from zoo.specs import OptimizerSpec
-
-ROLES = ("matrix", "embedding", "head", "vector")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,7 +27,7 @@ from zoo.data import TokenSplits, load_splits
 from zoo.errors import DataError
 from zoo.models.base import Backbone, State, eval_mode
 from zoo.specs import TaskSpec
-from zoo.tasks.base import Batch, MicroBatchPlan, Task, summarize
+from zoo.tasks.base import Autocast, Batch, MicroBatchPlan, Task, summarize
 
 
 @dataclass(frozen=True)
@@ -175,9 +174,7 @@ class LMTask(Task):
 
     def loss(self, model: nn.Module, batch: Batch, state: State) -> tuple[torch.Tensor, State]:
         hidden, new_state = model(batch.x, state)
-        logits = model.logits(hidden)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch.y.reshape(-1))
-        return loss, new_state
+        return model.next_token_loss(hidden, batch.y), new_state
 
     def eval_tokens(self, split: str) -> np.ndarray:
         """The fixed evaluation slice of a split: the first `eval.max_tokens` tokens (or all) of val/train;
@@ -190,7 +187,7 @@ class LMTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, device: torch.device,
-                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                 autocast: Autocast = contextlib.nullcontext,
                  rank: int = 0, world_size: int = 1) -> dict[str, float]:
         """Summed next-token loss (nats) and token count over this rank's share (stream rows or windows) of
         the fixed slice of `split`, and with `token_bytes` the nats and UTF-8 bytes of the targets that are text;

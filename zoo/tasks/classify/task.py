@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -14,7 +14,7 @@ from torch import nn
 
 from zoo.errors import DataError
 from zoo.models.base import eval_mode
-from zoo.tasks.base import Batch, MicroBatchPlan, Task
+from zoo.tasks.base import Autocast, Batch, MicroBatchPlan, Task
 from zoo.tasks.classify.config import ClassifyTaskConfig
 from zoo.tasks.classify.data import Examples
 from zoo.tasks.classify.head import Classifier
@@ -37,6 +37,21 @@ def pad(examples: list[tuple[list[int], int]], pad_id: int,
     y = torch.tensor([label for _, label in examples], dtype=torch.long)
     lengths = torch.tensor([len(ids) for ids, _ in examples], dtype=torch.long)
     return x, y, lengths
+
+
+def batched_logits(model: nn.Module, examples: list[tuple[list[int], int]], batch_size: int, pad_id: int,
+                   pad_to: int | None, device: torch.device, autocast: Autocast = contextlib.nullcontext,
+                   rank: int = 0, world_size: int = 1) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(first example's index, labels, fp32 logits) of each padded batch of `examples` in this rank's share
+    (every world_size-th batch), the model in eval mode: the one evaluation loop of evaluate, predictions and
+    zoo classify."""
+    with eval_mode(model):
+        for n, start in enumerate(range(0, len(examples), batch_size)):
+            if n % world_size != rank:
+                continue
+            x, y, lengths = pad(examples[start:start + batch_size], pad_id, pad_to)
+            with autocast():
+                yield start, y, model(x.to(device), lengths.to(device)).float()
 
 
 class ClassifyTask(Task):
@@ -98,43 +113,33 @@ class ClassifyTask(Task):
                 f"{metrics['recall']:.4f}, F1 {metrics['f1']:.4f})")
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: str, device: torch.device,
-                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    def evaluate(self, model: nn.Module, split: str, device: torch.device, autocast: Autocast = contextlib.nullcontext,
                  rank: int = 0, world_size: int = 1) -> dict[str, float]:
         """Summed loss and confusion-matrix counts over this rank's share of the split."""
-        with eval_mode(model):
-            k = len(self.config.labels)
-            sums = {"loss_sum": 0.0, "count": 0, **{f"cm_{a}_{b}": 0 for a in range(k) for b in range(k)}}
-            examples = self.data[split]
-            for n, start in enumerate(range(0, len(examples), self.eval_batch_size)):
-                if n % world_size != rank:
-                    continue
-                x, y, lengths = pad(examples[start:start + self.eval_batch_size], self.pad_id, self.pad_to)
-                with autocast():
-                    logits = model(x.to(device), lengths.to(device)).float()
-                sums["loss_sum"] += F.cross_entropy(logits, y.to(device), reduction="sum").item()
-                sums["count"] += len(y)
-                for truth, pred in zip(y.tolist(), logits.argmax(-1).tolist(), strict=True):
-                    sums[f"cm_{truth}_{pred}"] += 1
+        k = len(self.config.labels)
+        sums = {"loss_sum": 0.0, "count": 0, **{f"cm_{a}_{b}": 0 for a in range(k) for b in range(k)}}
+        for _, y, logits in batched_logits(model, self.data[split], self.eval_batch_size, self.pad_id, self.pad_to,
+                                           device, autocast, rank, world_size):
+            sums["loss_sum"] += F.cross_entropy(logits, y.to(device), reduction="sum").item()
+            sums["count"] += len(y)
+            for truth, pred in zip(y.tolist(), logits.argmax(-1).tolist(), strict=True):
+                sums[f"cm_{truth}_{pred}"] += 1
         return sums
 
 
     @torch.no_grad()
     def predictions(self, model: nn.Module, split: str, device: torch.device,
-                    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> list[dict]:
+                    autocast: Autocast = contextlib.nullcontext) -> list[dict]:
         """Every example of a split with its text, where it came from, true label, predicted label and the
         predicted label's probability (batched and padded as in evaluation)."""
-        with eval_mode(model):
-            labels, rows = self.config.labels, []
-            examples, sources = self.data[split], (self.data.sources or {}).get(split)
-            for start in range(0, len(examples), self.eval_batch_size):
-                x, y, lengths = pad(examples[start:start + self.eval_batch_size], self.pad_id, self.pad_to)
-                with autocast():
-                    probs = model(x.to(device), lengths.to(device)).float().softmax(-1).cpu()
-                for k, (truth, p) in enumerate(zip(y.tolist(), probs, strict=True)):
-                    text, where = sources[start + k] if sources else ("", "")
-                    rows.append({"where": where, "text": text, "label": labels[truth],
-                                 "predicted": labels[int(p.argmax())], "probability": float(p.max())})
+        labels, rows = self.config.labels, []
+        sources = (self.data.sources or {}).get(split)
+        for start, y, logits in batched_logits(model, self.data[split], self.eval_batch_size, self.pad_id,
+                                               self.pad_to, device, autocast):
+            for k, (truth, p) in enumerate(zip(y.tolist(), logits.softmax(-1).cpu(), strict=True)):
+                text, where = sources[start + k] if sources else ("", "")
+                rows.append({"where": where, "text": text, "label": labels[truth],
+                             "predicted": labels[int(p.argmax())], "probability": float(p.max())})
         return rows
 
     def write_predictions(self, rows: list[dict], path: Path, split: str) -> str:

@@ -1,7 +1,8 @@
-"""Answers to instructions: a prompt in the run's format, continued greedily to the end-of-text token or a token
-limit, the response header removed (as the book does: it generates from the prompt alone and strips
-"### Response:" from what follows); and the share of answers that follow the format: they end within the limit
-and do not write the prompt's markers again (an answer that starts a new "### Instruction:" is echoing)."""
+"""Answers to instructions: a prompt in the run's format with its response header (`### Response:`), continued
+greedily to the end-of-text token or a token limit (the book generates from the prompt alone and strips the header
+the model writes; with a BPE that merges punctuation and newlines, the prompt alone ends at a token boundary no
+training example has); and the share of answers that follow the format: they end within the limit and do not
+write the prompt's markers again (an answer that starts a new "### Instruction:" is echoing)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def answer(model: nn.Module, tokenizer, fmt: Format, instruction: str, input_tex
     gives zoo.generate's temperature, top_k, top_p and generator."""
     from zoo.generate import generate
 
-    prompt = fmt.prompt(instruction, input_text)
+    prompt = fmt.generation_prompt(instruction, input_text)
     ids = tokenizer.encode(prompt)
     if max_length:
         ids = ids[-max_length:]

@@ -37,8 +37,15 @@ class Format:
     def full(self, instruction: str, input_text: str, output: str) -> str:
         return self.prompt(instruction, input_text) + self.response + output
 
+    def generation_prompt(self, instruction: str, input_text: str = "") -> str:
+        """What an answer continues: the prompt and the response header. A training example's ids start with
+        this text's, whatever the tokenizer; the prompt alone may not: a BPE that merges a prompt's last
+        character with the header's newlines (".\n") would be asked from a token boundary it never saw."""
+        return self.prompt(instruction, input_text) + self.response
+
     def answer(self, generated: str) -> str:
-        """The response of a generation that continued the prompt: the header removed, stripped (the book's)."""
+        """The response in a generated text: a header it wrote removed (the book's rule, for a generation that
+        continued the prompt alone), stripped."""
         return generated.replace(self.response.strip(), "", 1).strip()
 
 

@@ -84,9 +84,7 @@ class InstructTask(Task):
 
     def loss(self, model: nn.Module, batch: Batch, state: State) -> tuple[torch.Tensor, State]:
         hidden, _ = model(batch.x, None)
-        logits = model.logits(hidden)
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch.y.reshape(-1),
-                               ignore_index=IGNORE), None
+        return model.next_token_loss(hidden, batch.y), None
 
     # ------------------------------------------------------------------------------ evaluation
     @torch.no_grad()

@@ -1,0 +1,96 @@
+"""The LM head and its cross-entropy as one chunked operation, for eager (uncompiled) training on a CPU.
+
+Eagerly, `F.cross_entropy(logits(hidden))` materialises the [N, V] logits in fp32 and walks them many times: the
+head's matmul, the optional soft-cap (a division, a tanh and a product, each a full pass with its own buffer and
+backward), log-softmax, and the same again backwards. With GPT-2's 50,257 ids a 2,048-token batch has 412 MB of
+logits per pass, so these passes, not the matmuls, set a small model's step time. Here the rows go through in
+chunks small enough to stay in cache: each chunk's logits, soft-cap, log-sum-exp, loss and the gradient of the
+loss with respect to the logits are computed at once, and the chunk's share of the hidden states' and the head
+weight's gradients follows by two matmuls; backward only scales them. The result equals the unfused loss and
+gradients up to float rounding (tests/test_head_loss.py). A compiled step (CUDA) keeps the plain form, which
+inductor fuses itself.
+"""
+
+from __future__ import annotations
+
+import torch
+
+IGNORE = -100
+CHUNK_ELEMENTS = 1 << 23  # logits per chunk (32 MB in fp32)
+
+
+def chunk_rows(vocab: int) -> int:
+    return max(8, CHUNK_ELEMENTS // max(1, vocab))
+
+
+class _HeadLoss(torch.autograd.Function):
+    """mean over the targets that are not IGNORE of -log softmax(softcap(hidden @ weight.T))[target]."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float,
+                needs_grad: bool) -> torch.Tensor:
+        n_rows, vocab = hidden.shape[0], weight.shape[0]
+        valid = targets != IGNORE
+        count = int(valid.sum())
+        scale = 1.0 / count if count else 0.0
+        total = hidden.new_zeros((), dtype=torch.float64)
+        grad_h = torch.empty_like(hidden) if needs_grad else None
+        grad_w = torch.zeros_like(weight) if needs_grad else None
+        rows = chunk_rows(vocab)
+        # capped logits lie in [-cap, cap]: exp(logit - shift) cannot overflow with shift 0 up to cap 80
+        shift = 0.0 if softcap <= 80 else softcap
+        rows = min(rows, n_rows)
+        # two chunk buffers, reused: a fresh one per chunk would be a fresh mapping (page faults) each time
+        first = hidden.new_empty(rows, vocab)
+        second = hidden.new_empty(rows, vocab) if softcap else None
+        for start in range(0, n_rows, rows):
+            h = hidden[start:start + rows]
+            n = h.shape[0]
+            tgt, ok = targets[start:start + rows], valid[start:start + rows]
+            safe = torch.where(ok, tgt, 0)[:, None]
+            if softcap:
+                tanh = torch.mm(h * (1.0 / softcap), weight.t(), out=first[:n]).tanh_()  # kept for the derivative
+                picked = tanh.gather(1, safe)[:, 0] * softcap
+                exp = torch.mul(tanh, softcap, out=second[:n])
+                if shift:
+                    exp.sub_(shift)
+                exp.exp_()
+                top = torch.full_like(picked, shift)
+            else:
+                exp = torch.mm(h, weight.t(), out=first[:n])
+                picked = exp.gather(1, safe)[:, 0]
+                top = exp.amax(dim=1)
+                exp.sub_(top[:, None]).exp_()
+            sums = exp.sum(dim=1)
+            total += ((sums.log() + top - picked) * ok).sum(dtype=torch.float64)
+            if not needs_grad:
+                continue
+            weights = ok.to(exp.dtype) * scale
+            probs = exp.mul_((weights / sums)[:, None])  # softmax / count, in the same buffer
+            probs.scatter_add_(1, safe, -weights[:, None])
+            if softcap:  # d cap tanh(x / cap) / dx = 1 - tanh^2
+                probs.addcmul_(probs, tanh.mul_(tanh), value=-1.0)
+            torch.mm(probs, weight, out=grad_h[start:start + rows])
+            grad_w.addmm_(probs.t(), h)
+        if needs_grad:
+            ctx.save_for_backward(grad_h, grad_w)
+        loss = (total / count) if count else total * float("nan")
+        return loss.to(hidden.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_out, grad_w * grad_out, None, None, None
+
+
+def fused_applies(hidden: torch.Tensor) -> bool:
+    """Whether the chunked head loss serves here: eager, fp32 without autocast (a CPU's training step)."""
+    return (hidden.dtype == torch.float32 and not torch.compiler.is_compiling()
+            and not torch.is_autocast_enabled(hidden.device.type))
+
+
+def head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float = 0.0) -> torch.Tensor:
+    """Mean next-token cross-entropy of `hidden` [N, D] through the head `weight` [V, D] (soft-capped if
+    `softcap`), over the targets [N] that are not -100."""
+    needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    return _HeadLoss.apply(hidden, weight, targets, float(softcap), needs_grad)
