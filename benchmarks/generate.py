@@ -1,4 +1,9 @@
-"""Generation speed: zoo's KV-cached sampler against transformers' `generate`, same GPT-2 weights, greedy.
+"""Generation speed: zoo's KV-cached sampler against transformers' `generate` on the same weights, greedy, for
+GPT-2 and for each modern option.
+
+Each model is zoo's, exported with `zoo.export` to the transformers model its architecture is (GPT-2 ->
+`GPT2LMHeadModel`; rotary + RMSNorm + SwiGLU without biases -> `LlamaForCausalLM`; a soft-cap or QK-norm -> zoo's
+remote code), so both generate the same tokens (checked) and only the loops and kernels differ.
 
     python benchmarks/generate.py [--new-tokens 64] [--prompt-tokens 32] [--threads 2]
 """
@@ -6,15 +11,39 @@
 from __future__ import annotations
 
 import argparse
+import platform
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import transformers
 
+from zoo.export.gpt2 import export
 from zoo.generate import generate
-from zoo.models.gpt2 import from_hf
+from zoo.models.gpt2 import GPT2, GPT2Config
+
+LLAMA = dict(position="rotary", norm="rmsnorm", mlp="swiglu", bias=False)
+CASES = [  # name, layers, heads, width, options
+    ("gpt2-small", 12, 12, 768, dict(qkv_bias=True, tie_weights=True)),
+    ("4 x 256 GPT-2", 4, 4, 256, dict(qkv_bias=True, tie_weights=True)),
+    ("4 x 256 rotary", 4, 4, 256, dict(position="rotary")),
+    ("4 x 256 Llama (SwiGLU)", 4, 4, 256, LLAMA),
+    ("4 x 256 soft-cap 15", 4, 4, 256, dict(logit_softcap=15.0)),
+    ("4 x 256 modern stack", 4, 4, 256, dict(position="rotary", norm="rmsnorm", norm_gain=False, mlp="relu2",
+                                            qk_norm=True, bias=False, logit_softcap=15.0)),
+]
+
+
+def peer(model: GPT2, folder: Path):
+    """transformers' model of the same weights, exported as `zoo export-hf` writes it."""
+    from zoo.tokenizers import Gpt2Tokenizer
+
+    task = SimpleNamespace(kind="lm")
+    run = SimpleNamespace(model=model, tokenizer=Gpt2Tokenizer(), recipe=SimpleNamespace(task=task))
+    _, remote = export(run, folder)
+    return transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=remote).eval()
 
 
 def main() -> None:
@@ -26,20 +55,22 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"{torch.get_num_threads()} threads, greedy, batch 1, prompt {args.prompt_tokens}, "
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {platform.machine()}, "
+          f"{torch.get_num_threads()} threads, greedy, batch 1, prompt {args.prompt_tokens}, "
           f"{args.new_tokens} new tokens")
-    print(f"{'model':<12} {'transformers tok/s':>19} {'zoo tok/s':>10} {'ratio':>6}")
-    for name, layers, heads, width in (("gpt2-small", 12, 12, 768), ("4 x 256", 4, 4, 256)):
+    print(f"{'model':<24} {'transformers tok/s':>19} {'zoo tok/s':>10} {'ratio':>6}")
+    for name, layers, heads, width, options in CASES:
         torch.manual_seed(0)
-        config = transformers.GPT2Config(n_layer=layers, n_head=heads, n_embd=width, attn_implementation="sdpa")
-        hf = transformers.GPT2LMHeadModel(config).eval()
+        ours = GPT2(GPT2Config(size="", n_layer=layers, n_head=heads, n_embd=width, **options), 50257).eval()
+        with torch.no_grad():
+            for p in ours.parameters():  # zero-initialised pieces would make every greedy token the same
+                p.add_(torch.randn_like(p) * 0.02)
         with tempfile.TemporaryDirectory() as tmp:
-            hf.save_pretrained(tmp)
-            ours = from_hf(f"hf:{Path(tmp)}").eval()
+            hf = peer(ours, Path(tmp))
         prompt = torch.randint(0, 50257, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(1))
         t_hf = t_zoo = float("inf")
         out_hf = out_zoo = None
-        for _ in range(args.rounds):
+        for _ in range(args.rounds):  # alternate, keep the best of each
             start = time.perf_counter()
             with torch.no_grad():
                 out_hf = hf.generate(prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
@@ -49,7 +80,7 @@ def main() -> None:
             out_zoo = generate(ours, prompt[0].tolist(), args.new_tokens, temperature=0)
             t_zoo = min(t_zoo, time.perf_counter() - start)
         same = out_hf[0, args.prompt_tokens:].tolist() == out_zoo
-        print(f"{name:<12} {args.new_tokens / t_hf:>19,.1f} {args.new_tokens / t_zoo:>10,.1f} {t_hf / t_zoo:>6.2f}"
+        print(f"{name:<24} {args.new_tokens / t_hf:>19,.1f} {args.new_tokens / t_zoo:>10,.1f} {t_hf / t_zoo:>6.2f}"
               f"{'' if same else '  (outputs differ!)'}", flush=True)
 
 

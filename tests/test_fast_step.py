@@ -185,8 +185,11 @@ def test_compile_and_optimizer_kernels_are_chosen_by_device():
     assert resolve_compile(True, cpu, recurrent) is True
     assert implementation("adamw", "auto", cuda) == "fused"
     assert implementation("rmsprop", "auto", cuda) == "foreach"  # torch has no fused RMSprop
-    assert implementation("adamw", "auto", cpu) == "foreach"
+    assert implementation("adamw", "auto", cpu) == "fused"  # torch's CPU kernel: one pass over each tensor
+    assert implementation("rmsprop", "auto", cpu) == "foreach"
     opt, how = build_optimizer(recurrent, OptimConfig(name="adamw"), 1e-3, cpu)
+    assert opt.defaults["fused"] is True and how == "fused"
+    opt, how = build_optimizer(recurrent, OptimConfig(name="adamw", impl="foreach"), 1e-3, cpu)
     assert opt.defaults["foreach"] is True and not opt.defaults["fused"] and how == "foreach"
     with pytest.raises(RecipeError, match="no fused rmsprop"):
         build_optimizer(recurrent, OptimConfig(name="rmsprop", impl="fused"), 1e-3, cpu)

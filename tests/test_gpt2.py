@@ -202,8 +202,8 @@ def test_init_from_hf_weights(zoo, tmp_path, text_file):
     recipe = REPO / "recipes" / "gpt2_shakespeare_char.toml"
     args = TOY[:-4] + ["--set", "data.tokenizer=gpt2", "--set", f'model.init_from="hf:{folder}"',
                        "--set", f"data.source={text_file}",  # a short test split for a 50,257-row head
-                       "--set", "train.max_steps=2", "--set", "train.lr=1e-9", "--set", "schedule.min_lr=0", "--set", "model.dropout=0.0",
-                       "--set", "model.tie_weights=true"]
+                       "--set", "train.max_steps=2", "--set", "train.lr=1e-9", "--set", "schedule.min_lr=0",
+                       "--set", "model.dropout=0.0", "--set", "model.tie_weights=true"]
     result = zoo("train", recipe, "--name", "ft", *args)
     assert result.code == 0, result
     assert "starting from the weights of hf:" in result.out

@@ -265,7 +265,8 @@ def test_muon_updates_matrices_by_newton_schulz_and_leaves_adamw_groups_to_adamw
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     shadow = {n: torch.nn.Parameter(p.detach().clone()) for n, p in model.named_parameters() if roles[n] != "matrix"}
     reference = torch.optim.AdamW([{"params": [shadow[n]], "lr": {"embedding": 0.05, "head": 0.01, "vector": 0.02}
-                                    [roles[n]], "weight_decay": 0.0} for n in shadow], betas=(0.9, 0.95), eps=1e-8)
+                                    [roles[n]], "weight_decay": 0.0} for n in shadow], betas=(0.9, 0.95), eps=1e-8,
+                                  fused=True)  # the kernel optim.impl = "auto" takes on a CPU
     for step in range(2):
         grads = {n: torch.randn_like(p) for n, p in model.named_parameters()}
         for n, p in model.named_parameters():
@@ -299,7 +300,7 @@ def test_a_muon_run_trains_resumes_bitwise_and_logs_each_roles_rate(zoo, gpt_rec
     sets = _sets(STACK + MUON + ["schedule.kind=constant"])  # the same rates whether it stops at 8 or 16
     whole = zoo("train", gpt_recipe, "--name", "whole", *sets)
     assert whole.code == 0, whole
-    assert "muon (Muon for matrix, Newton-Schulz in fp32, AdamW foreach for the rest)" in whole.out
+    assert "muon (Muon for matrix, Newton-Schulz in fp32, AdamW fused for the rest)" in whole.out
     assert zoo("train", gpt_recipe, "--name", "split", *sets, "--set", "train.max_steps=8").code == 0
     resumed = zoo("train", "runs/split", "--set", "train.max_steps=16")
     assert resumed.code == 0 and "resuming" in resumed.out, resumed

@@ -28,6 +28,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
 
 
 @torch.no_grad()
+@torch.no_grad()
 def generate(model: nn.Module, prompt: list[int], max_new_tokens: int, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
              device: torch.device | str = "cpu", stop_token: int | None = None) -> list[int]:
