@@ -64,7 +64,9 @@ class Session:
 
 def resolve_compile(setting: str | bool, device: torch.device, model: Trainable) -> bool:
     """run.compile: `auto` compiles on CUDA (where one graph of model, head and loss doubles the speed of an
-    attention model) unless a recurrent network runs inside (long compiles, little gain); never on a CPU."""
+    attention model) unless a recurrent network runs inside (long compiles, little gain); never on a CPU, where
+    inductor's step ran 0.61-0.86x the eager one for gpt2-micro, the laptop study's model and the main job's
+    LSTM (benchmarks/cpu_compile.py), so it never pays back whatever the run's length."""
     if setting == "auto":
         return device.type == "cuda" and not model.recurrent
     return bool(setting)
