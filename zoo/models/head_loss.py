@@ -69,8 +69,8 @@ class _HeadLoss(torch.autograd.Function):
             # factor goes on the two matmuls' small sides (a pass over the chunk saved)
             row = (ok.to(exp.dtype) * scale / sums)[:, None]
             exp.scatter_add_(1, safe, -(sums * ok)[:, None])
-            if softcap:  # d cap tanh(x / cap) / dx = 1 - tanh^2
-                exp.addcmul_(exp, tanh.mul_(tanh), value=-1.0)
+            if softcap:  # d cap tanh(x / cap) / dx = 1 - tanh^2: aten's fused kernel, one pass, in place
+                torch.ops.aten.tanh_backward.grad_input(exp, tanh, grad_input=exp)
             torch.mm(exp, weight, out=grad_h[start:start + rows]).mul_(row)
             grad_w.addmm_(exp.t(), h * row)
         if needs_grad:
