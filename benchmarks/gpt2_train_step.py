@@ -11,7 +11,7 @@ projections) with AdamW and with Muon (the recipe's optimizer), each step time a
 and the same stack with the plain head (logits, soft-cap and cross-entropy as separate ops), the form before
 the chunked head loss.
 
-    python benchmarks/gpt2_train_step.py [--steps 5] [--threads 2] [--part 1|2]
+    python benchmarks/gpt2_train_step.py [--steps 5] [--threads 2] [--part 1|2] [--profile]
 """
 
 from __future__ import annotations
@@ -97,6 +97,9 @@ def run_case(name, layers, heads, width, seq, batch, args, peak) -> None:
         loss.backward()
         opt_zoo.step()
 
+    if args.profile:
+        profile_steps(name, {"transformers (fused AdamW)": step_hf_fused, "zoo": step_zoo})
+        return
     t_hf = t_fused = t_zoo = float("inf")
     for _ in range(args.rounds):  # alternate, keep the best of each
         t_hf = min(t_hf, timed(step_hf, args.steps, args.warmup))
@@ -109,6 +112,23 @@ def run_case(name, layers, heads, width, seq, batch, args, peak) -> None:
     print(f"{name:<12} {seq:>5} x {batch:<3} {tokens / t_hf:>10,.0f} {tokens / t_fused:>10,.0f} "
           f"{tokens / t_zoo:>10,.0f} {t_hf / t_zoo:>6.2f} {t_fused / t_zoo:>6.2f} {mfu:>8.1%}", flush=True)
 
+
+
+def profile_steps(name: str, steps: dict) -> None:
+    """Where each step's time goes, op by op (torch.profiler, self CPU time over 3 steps after 2 warm-up)."""
+    from torch.profiler import profile
+
+    for label, step in steps.items():
+        for _ in range(2):
+            step()
+        with profile() as prof:
+            for _ in range(3):
+                step()
+        rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]
+        total = sum(e.self_cpu_time_total for e in prof.key_averages())
+        print(f"\n{name}, {label}: {total / 3e3:,.0f} ms a step (profiled)")
+        for e in rows:
+            print(f"  {e.key[:48]:<48} {e.self_cpu_time_total / 3e3:>8,.1f} ms {e.count // 3:>6} calls")
 
 
 MODERN = dict(position="rotary", norm="rmsnorm", norm_gain=False, mlp="relu2", qk_norm=True, bias=False,
@@ -165,6 +185,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--part", type=int, choices=[0, 1, 2], default=0, help="1 or 2 alone (0 = both)")
+    parser.add_argument("--profile", action="store_true",
+                        help="part 1: print each step's top ops (self CPU time) instead of timing them")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -62,10 +62,11 @@ def train(recipe: Recipe, run_dir: str | Path, restart: bool = False) -> TrainRe
             trainer = Trainer(open_session(recipe, Path(run_dir), env, device, restart))
             started()
             result = trainer.run()
-        dist.barrier(env)  # leave together: a rank tearing down gloo while a peer still talks to it can abort
-        if env.distributed:  # the launcher's proof that this rank's work is saved, whatever its teardown does
+        if env.distributed:  # the launcher's proof that this rank's work is saved, whatever its teardown does;
+            # written before the barrier, so once any rank has left it every rank's mark is in the log
             print(f"{FINISHED_MARK} {env.rank}", file=sys.stderr, flush=True)
-            faults.teardown(env.rank)
+        dist.barrier(env)  # leave together: a rank tearing down gloo while a peer still talks to it can abort
+        faults.teardown(env.rank)
         return result
     finally:
         dist.shutdown()

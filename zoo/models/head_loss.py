@@ -35,7 +35,7 @@ class _HeadLoss(torch.autograd.Function):
         scale = 1.0 / count if count else 0.0
         total = hidden.new_zeros((), dtype=torch.float64)
         grad_h = torch.empty_like(hidden) if needs_grad else None
-        grad_w = torch.zeros_like(weight) if needs_grad else None
+        grad_w = torch.empty_like(weight) if needs_grad else None  # the first chunk writes it, the others add
         rows = chunk_rows(vocab)
         # capped logits lie in [-cap, cap]: exp(logit - shift) cannot overflow with shift 0 up to cap 80
         shift = 0.0 if softcap <= 80 else softcap
@@ -72,7 +72,10 @@ class _HeadLoss(torch.autograd.Function):
             if softcap:  # d cap tanh(x / cap) / dx = 1 - tanh^2: aten's fused kernel, one pass, in place
                 torch.ops.aten.tanh_backward.grad_input(exp, tanh, grad_input=exp)
             torch.mm(exp, weight, out=grad_h[start:start + rows]).mul_(row)
-            grad_w.addmm_(exp.t(), h * row)
+            if start == 0:
+                torch.mm(exp.t(), h * row, out=grad_w)
+            else:
+                grad_w.addmm_(exp.t(), h * row)
         if needs_grad:
             ctx.save_for_backward(grad_h, grad_w)
         loss = (total / count) if count else total * float("nan")
@@ -81,6 +84,8 @@ class _HeadLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         grad_h, grad_w = ctx.saved_tensors
+        if grad_out.device.type == "cpu" and float(grad_out) == 1.0:  # loss.backward(): no pass over [V, D]
+            return grad_h, grad_w, None, None, None
         return grad_h * grad_out, grad_w * grad_out, None, None, None
 
 
