@@ -103,7 +103,7 @@ def test_the_default_model_is_bitwise_the_gpt2_it_was():
         model.eval()
         x = torch.randint(0, 101, (2, 20))
         # the weights are bitwise; the logits to float rounding, since a CPU's matmul kernels sum in an order of
-        # their own (AVX-512 and AVX2 machines differ in the last bits); values by the earlier code
+        # their own (two machines' digests differed); the values were written by the earlier code
         logits = model.logits(model(x)[0]).detach()
         evaluated = digest(logits)
         logits = logits.double()
