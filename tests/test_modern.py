@@ -395,7 +395,16 @@ def test_every_option_exports_to_transformers_with_zoos_logits(zoo, gpt_recipe, 
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=remote).eval()
     ids = torch.tensor([run.tokenizer.encode("ROMEO: what say you")])
     with torch.no_grad():
-        torch.testing.assert_close(hf(ids).logits, run.model.logits(run.model(ids)[0]), rtol=0, atol=1e-5)
+        full = hf(ids).logits
+        torch.testing.assert_close(full, run.model.logits(run.model(ids)[0]), rtol=0, atol=1e-5)
+        if remote:  # the key/value cache: a prefix, then several tokens, then one, give the full pass's logits
+            first = hf(ids[:, :3], use_cache=True)
+            cache = getattr(first, "cache", None) or first.past_key_values
+            more = hf(ids[:, 3:-1], past_key_values=cache, use_cache=True).logits
+            last = hf(ids[:, -1:], past_key_values=cache, use_cache=True).logits
+            torch.testing.assert_close(torch.cat([first.logits, more, last], 1), full, rtol=0, atol=1e-5)
+            cached = hf.generate(ids, max_new_tokens=8, do_sample=False, use_cache=True)
+            assert torch.equal(cached, hf.generate(ids, max_new_tokens=8, do_sample=False, use_cache=False))
     pipe = transformers.pipeline("text-generation", model=str(out), trust_remote_code=remote)
     text = pipe("ROMEO:", max_new_tokens=12, do_sample=False)[0]["generated_text"]
     ours = zoo("sample", f"runs/{name}", "--prompt", "ROMEO:", "--temperature", "0", "--max-new-tokens", "12")

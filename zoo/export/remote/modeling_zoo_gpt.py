@@ -4,17 +4,20 @@ with `generate`, `pipeline("text-generation")` and `Trainer`, and as a sequence 
 transformers are needed. The parameter names are zoo's (wte, wpe, h.N.ln_1, h.N.attn.c_attn, h.N.attn.c_proj,
 h.N.ln_2, h.N.mlp.c_fc, h.N.mlp.c_gate, h.N.mlp.c_proj, ln_f, lm_head), so the weights are the checkpoint's.
 
-Generation recomputes the whole prefix at every step (`use_cache = False`): simple and exact. zoo's own
-`zoo sample` keeps a key/value cache instead.
+Generation keeps a key/value cache (transformers' DynamicCache: each layer's keys and values, the rotary ones
+turned by their own positions), as `zoo sample` does.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import DynamicCache, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutputWithPast
 
 from .configuration_zoo_gpt import ZooGPTConfig
+
+# the output's cache field: `cache` in transformers 5, `past_key_values` before
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 def make_norm(config, width):
@@ -43,14 +46,24 @@ class Attention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.qkv_bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
 
-    def forward(self, x, rope):
+    def forward(self, x, rope, cache=None, layer=0):
         b, t, c = x.shape
         q, k, v = self.c_attn(x).view(b, t, 3, self.n_head, c // self.n_head).permute(2, 0, 3, 1, 4)
         if self.qk_norm:
             q, k = F.rms_norm(q, (q.shape[-1],)), F.rms_norm(k, (k.shape[-1],))
         if rope is not None:
             q, k = rotate(q, *rope), rotate(k, *rope)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        mask, causal = None, True
+        if cache is not None:
+            k, v = cache.update(k, v, layer)
+            past = k.shape[2] - t
+            if past and t == 1:
+                causal = False  # one new query attends to every cached position
+            elif past:  # several new queries after a cached prefix: each sees the prefix and what precedes it
+                mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(past)
+                causal = False
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=causal)
         return F.dropout(self.c_proj(y.transpose(1, 2).reshape(b, t, c)), self.dropout, self.training)
 
 
@@ -79,8 +92,8 @@ class Block(nn.Module):
         self.ln_1, self.attn = make_norm(config, config.n_embd), Attention(config)
         self.ln_2, self.mlp = make_norm(config, config.n_embd), MLP(config)
 
-    def forward(self, x, rope):
-        x = x + self.attn(self.ln_1(x), rope)
+    def forward(self, x, rope, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), rope, cache, layer)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -94,7 +107,7 @@ class ZooGPTPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def _supports_default_dynamic_cache(cls):
-        return False  # the model recomputes the prefix; it fills no key/value cache
+        return True
 
     def _build_backbone(self, config):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
@@ -103,20 +116,23 @@ class ZooGPTPreTrainedModel(PreTrainedModel):
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = make_norm(config, config.n_embd)
 
-    def _hidden(self, input_ids):
-        """The final norm's output at every position, [B, T, n_embd]."""
+    def _hidden(self, input_ids, cache=None):
+        """The final norm's output at every new position, [B, T, n_embd] (after the cache's positions)."""
         t = input_ids.shape[1]
+        start = cache.get_seq_length() if cache is not None else 0
         # ids past the vocabulary (a padding token the tokenizer adds) only ever follow the real tokens, which
         # causal attention never lets them influence
         x = self.wte(input_ids.masked_fill(input_ids >= self.config.vocab_size, 0))
         rope = None
         if self.config.position == "learned":
-            x = x + self.wpe(torch.arange(t, device=input_ids.device))
+            x = x + self.wpe(torch.arange(start, start + t, device=input_ids.device))
         else:
-            rope = rotary_tables(self.config.n_embd // self.config.n_head, t, self.config.rope_base, x.device)
+            cos, sin = rotary_tables(self.config.n_embd // self.config.n_head, start + t, self.config.rope_base,
+                                     x.device)
+            rope = cos[start:], sin[start:]
         x = F.dropout(x, self.config.dropout, self.training)
-        for block in self.h:
-            x = block(x, rope)
+        for i, block in enumerate(self.h):
+            x = block(x, rope, cache, i)
         return self.ln_f(x)
 
     def get_input_embeddings(self):
@@ -135,15 +151,23 @@ class ZooGPTForCausalLM(ZooGPTPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self):
         return self.lm_head
 
-    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
-        logits = self.lm_head(self._hidden(input_ids))
+    def forward(self, input_ids=None, attention_mask=None, labels=None, past_key_values=None, use_cache=None,
+                logits_to_keep=0, **kwargs):
+        if past_key_values is None:  # transformers 5 names it `cache`
+            past_key_values = kwargs.get("cache")
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache()
+        hidden = self._hidden(input_ids, past_key_values if use_cache or past_key_values is not None else None)
+        if logits_to_keep and labels is None:  # generation asks for the last position's logits only
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)
         if self.config.logit_softcap:
             logits = self.config.logit_softcap * torch.tanh(logits / self.config.logit_softcap)
         loss = None
         if labels is not None:  # labels are the inputs; position t predicts token t + 1
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
                                    ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=logits)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: past_key_values})
 
 
 class ZooGPTForSequenceClassification(ZooGPTPreTrainedModel):
