@@ -10,21 +10,17 @@ from pathlib import Path
 from typing import NoReturn
 
 from zoo.errors import ZooError
-from zoo.specs import LANGUAGE_MODELS
+from zoo.specs import INSTRUCTION_TUNED, LANGUAGE_MODELS
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from zoo.config import check_name
-
     if args.nproc_per_node > 1 and "RANK" not in os.environ:
         return _launch_train(args)
     from zoo.trainer import train
 
     recipe, name, runs_dir = _train_target(args)
-    name = check_name(name)
-    _check_runs_dir(runs_dir)
     result = train(recipe, Path(runs_dir) / name, restart=args.restart)
     return 128 + result.signal if result.signal else 0
 
@@ -32,20 +28,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _launch_train(args: argparse.Namespace) -> int:
     """`zoo train --nproc-per-node N`: torchrun's workers train; this process only starts them and imports no
     torch. The workers read and check the recipe, and a bad one is their one line."""
-    from zoo.config import check_name
     from zoo.launch import launch
 
-    given = Path(args.recipe)
-    if given.is_dir():
-        run = _run_folder(given)
-        name, runs_dir = args.name or run.name, args.runs_dir or str(run.parent)
-    else:
-        if not _recipe_path(args.recipe).is_file():
-            raise ZooError(f"recipe file {args.recipe} does not exist (`zoo recipes` lists the shipped ones)")
-        name = args.name if args.name is not None else Path(args.recipe).stem
-        runs_dir = args.runs_dir or "runs"
-    name = check_name(name)
-    _check_runs_dir(runs_dir)
+    recipe_file, name, runs_dir = _train_names(args)
+    if not recipe_file.is_file():
+        raise ZooError(f"recipe file {args.recipe} does not exist (`zoo recipes` lists the shipped ones)")
     argv = ["train", args.recipe, "--name", name, "--runs-dir", runs_dir]
     for item in args.set:
         argv += ["--set", item]
@@ -54,12 +41,24 @@ def _launch_train(args: argparse.Namespace) -> int:
     return launch(args.nproc_per_node, argv, args.max_restarts, Path(runs_dir) / name)
 
 
-def _run_folder(given: Path) -> Path:
-    """A run directory given where a recipe goes (`zoo train runs/NAME`), checked to hold a run."""
-    if not (given / "recipe.toml").is_file():
-        raise ZooError(f"{given} is a folder, not a recipe file, and not a run (no recipe.toml in it); give a "
-                       "recipe (e.g. recipes/char_rnn_shakespeare.toml) or a run directory (runs/NAME)")
-    return given if given.name not in ("", ".", "..") else given.resolve()
+def _train_names(args: argparse.Namespace) -> tuple[Path, str, str]:
+    """(recipe file, checked run name, runs folder) of `zoo train RECIPE` or `zoo train RUN_DIR` (a run
+    directory's own saved recipe), without importing torch."""
+    from zoo.config import check_name
+
+    given = Path(args.recipe)
+    if given.is_dir():
+        if not (given / "recipe.toml").is_file():
+            raise ZooError(f"{given} is a folder, not a recipe file, and not a run (no recipe.toml in it); give a "
+                           "recipe (e.g. recipes/char_rnn_shakespeare.toml) or a run directory (runs/NAME)")
+        run = given if given.name not in ("", ".", "..") else given.resolve()
+        recipe_file, name, runs_dir = given / "recipe.toml", args.name or run.name, args.runs_dir or str(run.parent)
+    else:
+        recipe_file = _recipe_path(args.recipe)
+        name = args.name if args.name is not None else Path(args.recipe).stem
+        runs_dir = args.runs_dir or "runs"
+    _check_runs_dir(runs_dir)
+    return recipe_file, check_name(name), runs_dir
 
 
 def _train_target(args: argparse.Namespace):
@@ -67,13 +66,8 @@ def _train_target(args: argparse.Namespace):
     (or, with a raised limit, extends) that run with its own saved recipe and the --set overrides on top."""
     from zoo.recipe import load_recipe
 
-    given = Path(args.recipe)
-    if given.is_dir():
-        run = _run_folder(given)
-        recipe = load_recipe(given / "recipe.toml", args.set)
-        return recipe, args.name or run.name, args.runs_dir or str(run.parent)
-    recipe = load_recipe(_recipe_path(args.recipe), args.set)
-    return recipe, args.name if args.name is not None else Path(args.recipe).stem, args.runs_dir or "runs"
+    recipe_file, name, runs_dir = _train_names(args)
+    return load_recipe(recipe_file, args.set), name, runs_dir
 
 
 def _check_runs_dir(runs_dir: str) -> None:
@@ -234,7 +228,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from zoo.tokenizers import selected
 
     # an instruction or preference recipe's tokenizer is the base's, here the model's own
-    if recipe.task.kind not in ("instruct", "preference") and selected(recipe.data.tokenizer)[0].name != tok.kind:
+    if recipe.task.kind not in INSTRUCTION_TUNED and selected(recipe.data.tokenizer)[0].name != tok.kind:
         raise ZooError(f"the model's tokenizer is {tok.kind} but the data recipe's is {recipe.data.tokenizer}; "
                        "evaluate on data of the model's tokenizer (set data.tokenizer)")
     if args.predictions and not Path(args.predictions).resolve().parent.is_dir():
@@ -370,18 +364,18 @@ def _report(runs: list, args: argparse.Namespace) -> None:
     print(compare.render(rows, args.format, wanted))
     for line in ([why] if why else []) + compare.notes(rows):
         print(f"zoo: note: {line}", file=sys.stderr)
-    if args.plot:
-        path = compare.plot_path(args.plot)
-        experiments, count = compare.plot(runs, path, args.x, args.smooth, metric)
-        print(f"wrote {path} ({experiments} experiments, {count} runs)", file=sys.stderr)
+    if args.plot:  # _check_plot_args resolved it
+        experiments, count = compare.plot(runs, args.plot, args.x, args.smooth, metric)
+        print(f"wrote {args.plot} ({experiments} experiments, {count} runs)", file=sys.stderr)
 
 
 def _check_plot_args(args: argparse.Namespace) -> None:
-    """Everything --plot, --smooth and --target-loss need, checked before a sweep trains or compare reads."""
+    """Everything --plot, --smooth and --target-loss need, checked before a sweep trains or compare reads; --plot
+    becomes the file it writes."""
     if args.plot:
         from zoo.compare import plot_path
 
-        plot_path(args.plot)
+        args.plot = str(plot_path(args.plot))
     if not 0 <= args.smooth < 1:
         raise ZooError(f"--smooth {args.smooth} must be in [0, 1) (0 = off; TensorBoard's 0.6-0.99)")
     _target(args.target_loss)

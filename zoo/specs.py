@@ -11,6 +11,9 @@ from typing import Any
 # the tasks whose runs are language models (their model is the backbone with its own LM head): what sampling,
 # evaluation, export and fine-tuning accept as a base
 LANGUAGE_MODELS = ("lm", "instruct", "preference")
+# the language models tuned to answer instructions: their recipe's tokenizer is the base's, their card has a
+# prompt format
+INSTRUCTION_TUNED = ("instruct", "preference")
 
 
 @dataclass(frozen=True)

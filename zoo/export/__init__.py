@@ -22,7 +22,7 @@ from zoo.errors import ZooError
 from zoo.export.common import transformers_module
 from zoo.models.base import count_parameters
 from zoo.runs import load_run, read_summary
-from zoo.specs import LANGUAGE_MODELS
+from zoo.specs import INSTRUCTION_TUNED, LANGUAGE_MODELS
 
 
 def describe(run) -> str:
@@ -125,7 +125,7 @@ def _metrics_table(summary: dict) -> str:
 
 def _prompt_section(run, trust: str) -> tuple[str, str] | None:
     """An instruction-tuned run's prompt format for the card, and a usage example that wraps an instruction."""
-    if run.recipe.task.kind not in ("instruct", "preference"):
+    if run.recipe.task.kind not in INSTRUCTION_TUNED:
         return None
     from zoo.tasks.instruct.data import FORMATS
 
