@@ -5,6 +5,13 @@ Each model is zoo's, exported with `zoo.export` to the transformers model its ar
 `GPT2LMHeadModel`; rotary + RMSNorm + SwiGLU without biases -> `LlamaForCausalLM`; a soft-cap or QK-norm -> zoo's
 remote code), so both generate the same tokens (checked) and only the loops and kernels differ.
 
+The last two columns are the floor of zoo's decoder on this machine: each of the model's linear layers (the head
+included) applied once to one token's vector, as a decoded token needs, timed alone. At batch 1 these are
+matrix-vector products bound by the memory bandwidth that reads the weights; "floor share" is the part of zoo's time
+per new token (its prompt included) that they take, and what is left is all else the decoder does. (The floor is
+for nn.Linear's [out, in] weights; a kernel's speed at batch 1 can depend on that layout, so a peer that stores
+them [in, out], as transformers' GPT-2 does, has a floor of its own.)
+
     python benchmarks/generate.py [--new-tokens 64] [--prompt-tokens 32] [--threads 2]
 """
 
@@ -46,6 +53,20 @@ def peer(model: GPT2, folder: Path):
     return transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=remote).eval()
 
 
+def matmul_floor(model: GPT2, rounds: int = 20) -> float:
+    """Seconds of the linear layers alone for one decoded token (batch 1), best of `rounds`."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    vectors = [torch.randn(1, m.in_features) for m in layers]
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for m, v in zip(layers, vectors, strict=True):
+                m(v)
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new-tokens", type=int, default=64)
@@ -58,7 +79,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {platform.machine()}, "
           f"{torch.get_num_threads()} threads, greedy, batch 1, prompt {args.prompt_tokens}, "
           f"{args.new_tokens} new tokens")
-    print(f"{'model':<24} {'transformers tok/s':>19} {'zoo tok/s':>10} {'ratio':>6}")
+    print(f"{'model':<24} {'transformers tok/s':>19} {'zoo tok/s':>10} {'ratio':>6} {'floor tok/s':>12} "
+          f"{'floor share':>11}")
     for name, layers, heads, width, options in CASES:
         torch.manual_seed(0)
         ours = GPT2(GPT2Config(size="", n_layer=layers, n_head=heads, n_embd=width, **options), 50257).eval()
@@ -80,7 +102,9 @@ def main() -> None:
             out_zoo = generate(ours, prompt[0].tolist(), args.new_tokens, temperature=0)
             t_zoo = min(t_zoo, time.perf_counter() - start)
         same = out_hf[0, args.prompt_tokens:].tolist() == out_zoo
-        print(f"{name:<24} {args.new_tokens / t_hf:>19,.1f} {args.new_tokens / t_zoo:>10,.1f} {t_hf / t_zoo:>6.2f}"
+        floor = matmul_floor(ours)
+        print(f"{name:<24} {args.new_tokens / t_hf:>19,.1f} {args.new_tokens / t_zoo:>10,.1f} {t_hf / t_zoo:>6.2f} "
+              f"{1 / floor:>12,.1f} {args.new_tokens / t_zoo * floor:>11.2f}"
               f"{'' if same else '  (outputs differ!)'}", flush=True)
 
 

@@ -83,6 +83,19 @@ def test_kv_cache_generation_equals_full_recompute():
     assert cached[:12] == manual
 
 
+def test_generation_runs_one_forward_per_token_it_needs():
+    """The prompt's pass, then one per new token except the last, whose id is already chosen."""
+    torch.manual_seed(0)
+    model = GPT2(GPT2Config(size="gpt2-micro", context_length=64), 40).eval()
+    calls = []
+    handle = model.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[1]))
+    try:
+        assert len(generate(model, [1, 2, 3], 5, temperature=0)) == 5
+    finally:
+        handle.remove()
+    assert calls == [3, 1, 1, 1, 1]
+
+
 def test_stop_token_ends_generation():
     torch.manual_seed(0)
     model = GPT2(GPT2Config(size="gpt2-micro", context_length=32), 10).eval()

@@ -52,6 +52,8 @@ def generate(model: nn.Module, prompt: list[int], max_new_tokens: int, temperatu
                 break
             out.append(nxt)
             context.append(nxt)
+            if len(out) == max_new_tokens:
+                break  # the last token needs no forward pass of its own
             if window is not None and len(context) > window:
                 context = context[-(window // 2 or 1):]  # re-prime on the recent half window
                 hidden, state = model(torch.tensor([context], dtype=torch.long, device=device),
