@@ -17,6 +17,7 @@ import torch
 
 IGNORE = -100
 CHUNK_ELEMENTS = 1 << 27  # logits per chunk (512 MB in fp32)
+SIGMOID_CAP = 30.0  # soft-caps up to this go through a sigmoid rather than a tanh (below)
 
 
 def chunk_rows(vocab: int) -> int:
@@ -37,8 +38,11 @@ class _HeadLoss(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if needs_grad else None
         grad_w = torch.empty_like(weight) if needs_grad else None  # the first chunk writes it, the others add
         rows = chunk_rows(vocab)
-        # capped logits lie in [-cap, cap]: exp(logit - shift) cannot overflow with shift 0 up to cap 80
-        shift = 0.0 if softcap <= 80 else softcap
+        # a soft-cap up to SIGMOID_CAP goes through cap tanh(x / cap) = 2 cap sigmoid(2x / cap) - cap (a sigmoid costs
+        # about half a tanh on a CPU; its rounding, cap x 2^-24 on a logit, stays within the logits' own there). The
+        # -cap cancels in the loss, so the chunk works on 2 cap sigmoid in [0, 2 cap], whose exp cannot overflow.
+        # A larger cap keeps the tanh: capped logits in [-cap, cap], exp(logit - cap) cannot overflow.
+        use_sigmoid = 0 < softcap <= SIGMOID_CAP
         rows = min(rows, n_rows)
         # two chunk buffers, reused: a fresh one per chunk would be a fresh mapping (page faults) each time
         first = hidden.new_empty(rows, vocab)
@@ -48,14 +52,16 @@ class _HeadLoss(torch.autograd.Function):
             n = h.shape[0]
             tgt, ok = targets[start:start + rows], valid[start:start + rows]
             safe = torch.where(ok, tgt, 0)[:, None]
-            if softcap:
-                tanh = torch.mm(h * (1.0 / softcap), weight.t(), out=first[:n]).tanh_()  # kept for the derivative
-                picked = tanh.gather(1, safe)[:, 0] * softcap
-                exp = torch.mul(tanh, softcap, out=second[:n])
-                if shift:
-                    exp.sub_(shift)
-                exp.exp_()
-                top = torch.full_like(picked, shift)
+            if use_sigmoid:
+                act = torch.mm(h * (2.0 / softcap), weight.t(), out=first[:n]).sigmoid_()  # kept for the derivative
+                picked = act.gather(1, safe)[:, 0] * (2.0 * softcap)
+                exp = torch.mul(act, 2.0 * softcap, out=second[:n]).exp_()
+                top = torch.zeros_like(picked)
+            elif softcap:
+                act = torch.mm(h * (1.0 / softcap), weight.t(), out=first[:n]).tanh_()  # kept for the derivative
+                picked = act.gather(1, safe)[:, 0] * softcap
+                exp = torch.mul(act, softcap, out=second[:n]).sub_(softcap).exp_()
+                top = torch.full_like(picked, softcap)
             else:
                 exp = torch.mm(h, weight.t(), out=first[:n])
                 picked = exp.gather(1, safe)[:, 0]
@@ -69,8 +75,11 @@ class _HeadLoss(torch.autograd.Function):
             # factor goes on the two matmuls' small sides (a pass over the chunk saved)
             row = (ok.to(exp.dtype) * scale / sums)[:, None]
             exp.scatter_add_(1, safe, -(sums * ok)[:, None])
-            if softcap:  # d cap tanh(x / cap) / dx = 1 - tanh^2: aten's fused kernel, one pass, in place
-                torch.ops.aten.tanh_backward.grad_input(exp, tanh, grad_input=exp)
+            if use_sigmoid:  # 1 - tanh^2 = 4 sig (1 - sig): aten's fused derivative in place, the 4 on the row
+                torch.ops.aten.sigmoid_backward.grad_input(exp, act, grad_input=exp)
+                row = row * 4.0
+            elif softcap:  # d cap tanh(x / cap) / dx = 1 - tanh^2: aten's fused kernel, one pass, in place
+                torch.ops.aten.tanh_backward.grad_input(exp, act, grad_input=exp)
             torch.mm(exp, weight, out=grad_h[start:start + rows]).mul_(row)
             if start == 0:
                 torch.mm(exp.t(), h * row, out=grad_w)
