@@ -4,11 +4,11 @@ Eagerly, `F.cross_entropy(logits(hidden))` materialises the [N, V] logits in fp3
 head's matmul, the optional soft-cap (a division, a tanh and a product, each a full pass with its own buffer and
 backward), log-softmax, and the same again backwards. With GPT-2's 50,257 ids a 2,048-token batch has 412 MB of
 logits per pass, so these passes, not the matmuls, set a small model's step time. Here the rows go through in
-chunks small enough to stay in cache: each chunk's logits, soft-cap, log-sum-exp, loss and the gradient of the
-loss with respect to the logits are computed at once, and the chunk's share of the hidden states' and the head
-weight's gradients follows by two matmuls; backward only scales them. The result equals the unfused loss and
-gradients up to float rounding (tests/test_head_loss.py). A compiled step (CUDA) keeps the plain form, which
-inductor fuses itself.
+chunks of up to CHUNK_ELEMENTS logits (one chunk for most CPU batches: smaller ones slowed the matmuls more than
+they saved): each chunk's logits, soft-cap, log-sum-exp, loss and the gradient of the loss with respect to the
+logits are computed at once, and the chunk's share of the hidden states' and the head weight's gradients follows
+by two matmuls; backward only scales them. The result equals the unfused loss and gradients up to float rounding
+(tests/test_head_loss.py). A compiled step (CUDA) keeps the plain form, which inductor fuses itself.
 """
 
 from __future__ import annotations
