@@ -42,7 +42,12 @@ class _HeadLoss(torch.autograd.Function):
         # about half a tanh on a CPU; its rounding, cap x 2^-24 on a logit, stays within the logits' own there). The
         # -cap cancels in the loss, so the chunk works on 2 cap sigmoid in [0, 2 cap], whose exp cannot overflow.
         # A larger cap keeps the tanh: capped logits in [-cap, cap], exp(logit - cap) cannot overflow.
-        use_sigmoid = 0 < softcap <= SIGMOID_CAP
+        factor = 1.0  # the derivative's constant, put on the row factor below
+        if softcap:  # activation(logit x pre); capped logit = gain x activation - offset; 1 - tanh^2 = factor x d
+            pre, activate, gain, offset, derivative, factor = (
+                (2.0 / softcap, torch.sigmoid_, 2.0 * softcap, 0.0, torch.ops.aten.sigmoid_backward, 4.0)
+                if softcap <= SIGMOID_CAP else
+                (1.0 / softcap, torch.tanh_, softcap, softcap, torch.ops.aten.tanh_backward, 1.0))
         rows = min(rows, n_rows)
         # two chunk buffers, reused: a fresh one per chunk would be a fresh mapping (page faults) each time
         first = hidden.new_empty(rows, vocab)
@@ -52,16 +57,14 @@ class _HeadLoss(torch.autograd.Function):
             n = h.shape[0]
             tgt, ok = targets[start:start + rows], valid[start:start + rows]
             safe = torch.where(ok, tgt, 0)[:, None]
-            if use_sigmoid:
-                act = torch.mm(h * (2.0 / softcap), weight.t(), out=first[:n]).sigmoid_()  # kept for the derivative
-                picked = act.gather(1, safe)[:, 0] * (2.0 * softcap)
-                exp = torch.mul(act, 2.0 * softcap, out=second[:n]).exp_()
-                top = torch.zeros_like(picked)
-            elif softcap:
-                act = torch.mm(h * (1.0 / softcap), weight.t(), out=first[:n]).tanh_()  # kept for the derivative
-                picked = act.gather(1, safe)[:, 0] * softcap
-                exp = torch.mul(act, softcap, out=second[:n]).sub_(softcap).exp_()
-                top = torch.full_like(picked, softcap)
+            if softcap:
+                act = activate(torch.mm(h * pre, weight.t(), out=first[:n]))  # kept for the derivative
+                picked = act.gather(1, safe)[:, 0] * gain
+                exp = torch.mul(act, gain, out=second[:n])
+                if offset:
+                    exp.sub_(offset)
+                exp.exp_()
+                top = torch.full_like(picked, offset)
             else:
                 exp = torch.mm(h, weight.t(), out=first[:n])
                 picked = exp.gather(1, safe)[:, 0]
@@ -73,13 +76,10 @@ class _HeadLoss(torch.autograd.Function):
                 continue
             # d loss / d logits = rows x (exp - sums x onehot) [x (1 - tanh^2)], rows = weight / sums: the row
             # factor goes on the two matmuls' small sides (a pass over the chunk saved)
-            row = (ok.to(exp.dtype) * scale / sums)[:, None]
+            row = (ok.to(exp.dtype) * (scale * factor) / sums)[:, None]
             exp.scatter_add_(1, safe, -(sums * ok)[:, None])
-            if use_sigmoid:  # 1 - tanh^2 = 4 sig (1 - sig): aten's fused derivative in place, the 4 on the row
-                torch.ops.aten.sigmoid_backward.grad_input(exp, act, grad_input=exp)
-                row = row * 4.0
-            elif softcap:  # d cap tanh(x / cap) / dx = 1 - tanh^2: aten's fused kernel, one pass, in place
-                torch.ops.aten.tanh_backward.grad_input(exp, act, grad_input=exp)
+            if softcap:  # the activation's derivative: aten's fused kernel, one pass, in place (factor on the row)
+                derivative.grad_input(exp, act, grad_input=exp)
             torch.mm(exp, weight, out=grad_h[start:start + rows]).mul_(row)
             if start == 0:
                 torch.mm(exp.t(), h * row, out=grad_w)
