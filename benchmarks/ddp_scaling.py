@@ -17,7 +17,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 CASES = {
-    "char-RNN 2 x 256 LSTM, 64 x 100": ["recipes/char_rnn_shakespeare.toml", "--set", "eval.interval=0",
+    "char-RNN 2 x 256 LSTM, 64 x 100": ["recipes/char_rnn_shakespeare.toml", "--set", "train.batch_size=64",
+                                        "--set", "eval.interval=0",
                                         "--set", "eval.test=false", "--set", "eval.sample_tokens=0"],
     "GPT 4 x 256 (char), 32 x 128": ["recipes/gpt2_shakespeare_char.toml", "--set", "model.size=gpt2-tiny",
                                      "--set", "train.batch_size=32", "--set", "train.seq_len=128",

@@ -26,9 +26,13 @@ from zoo.trainer import Trainer
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "char_rnn_shakespeare.toml"
 
 
+def main_recipe(hidden: int):
+    """The main job's recipe at this hidden size, without dropout (the plain loop has none)."""
+    return recipe_from_dict(apply_overrides(read_toml(RECIPE), [f"model.hidden_size={hidden}", "model.dropout=0.0"]))
+
+
 def zoo_tokens_per_s(steps: int, hidden: int, warmup: int) -> float:
-    raw = apply_overrides(read_toml(RECIPE), [f"model.hidden_size={hidden}", "model.dropout=0.0"])
-    recipe = recipe_from_dict(raw)
+    recipe = main_recipe(hidden)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(open_session(recipe, Path(tmp) / "bench", dist.environment(), torch.device("cpu")))
         trainer.model.train()
@@ -52,7 +56,7 @@ class PlainCharRNN(nn.Module):
         return self.head(out), state
 
 
-def plain_tokens_per_s(steps: int, hidden: int, warmup: int, batch: int = 64, seq: int = 100) -> float:
+def plain_tokens_per_s(steps: int, hidden: int, warmup: int, batch: int, seq: int) -> float:
     text = (Path(__file__).resolve().parent.parent / "zoo/data/embedded/tinyshakespeare.txt").read_text()
     chars = sorted(set(text))
     ids = torch.tensor([chars.index(c) for c in text[:200_000]])
@@ -93,12 +97,14 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     # alternate the two, twice, so drift in machine load hits both alike
+    train = main_recipe(args.hidden).train
     zoo_runs, plain_runs = [], []
     for _ in range(2):
-        plain_runs.append(plain_tokens_per_s(args.steps, args.hidden, args.warmup))
+        plain_runs.append(plain_tokens_per_s(args.steps, args.hidden, args.warmup, train.batch_size, train.seq_len))
         zoo_runs.append(zoo_tokens_per_s(args.steps, args.hidden, args.warmup))
     zoo_tps, plain_tps = max(zoo_runs), max(plain_runs)
-    print(f"char-RNN 2 x {args.hidden} LSTM, batch 64 x 100, {torch.get_num_threads()} threads, {args.steps} steps")
+    print(f"char-RNN 2 x {args.hidden} LSTM, batch {train.batch_size} x {train.seq_len} (the main recipe's), "
+          f"{torch.get_num_threads()} threads, {args.steps} steps")
     print(f"plain PyTorch loop : {plain_tps:10,.0f} tokens/s")
     print(f"zoo Trainer        : {zoo_tps:10,.0f} tokens/s")
     print(f"ratio zoo / plain  : {zoo_tps / plain_tps:.3f}")
