@@ -4,7 +4,7 @@ Both train the main job's model (embedding -> 2 x 256 nn.LSTM -> linear head) on
 gradient clipping and a carried, detached state; zoo adds the schedule, the finite check, the pre-clip norm
 and logging. Prints tokens/s of each and the ratio (1.0 = no overhead).
 
-    python benchmarks/trainer_overhead.py [--steps 60] [--hidden 256] [--threads 2]
+    python benchmarks/trainer_overhead.py [--steps 60] [--hidden 256] [--batch 16] [--threads 2]
 """
 
 from __future__ import annotations
@@ -26,13 +26,15 @@ from zoo.trainer import Trainer
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "char_rnn_shakespeare.toml"
 
 
-def main_recipe(hidden: int):
-    """The main job's recipe at this hidden size, without dropout (the plain loop has none)."""
-    return recipe_from_dict(apply_overrides(read_toml(RECIPE), [f"model.hidden_size={hidden}", "model.dropout=0.0"]))
+def main_recipe(hidden: int, batch: int = 0):
+    """The main job's recipe at this hidden size (and batch, 0 = the recipe's), without dropout (the plain loop
+    has none)."""
+    sets = [f"model.hidden_size={hidden}", "model.dropout=0.0"] + ([f"train.batch_size={batch}"] if batch else [])
+    return recipe_from_dict(apply_overrides(read_toml(RECIPE), sets))
 
 
-def zoo_tokens_per_s(steps: int, hidden: int, warmup: int) -> float:
-    recipe = main_recipe(hidden)
+def zoo_tokens_per_s(steps: int, hidden: int, warmup: int, batch: int) -> float:
+    recipe = main_recipe(hidden, batch)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(open_session(recipe, Path(tmp) / "bench", dist.environment(), torch.device("cpu")))
         trainer.model.train()
@@ -92,18 +94,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=0, help="streams per batch (0 = the main recipe's)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     # alternate the two, twice, so drift in machine load hits both alike
-    train = main_recipe(args.hidden).train
+    train = main_recipe(args.hidden, args.batch).train
     zoo_runs, plain_runs = [], []
     for _ in range(2):
         plain_runs.append(plain_tokens_per_s(args.steps, args.hidden, args.warmup, train.batch_size, train.seq_len))
-        zoo_runs.append(zoo_tokens_per_s(args.steps, args.hidden, args.warmup))
+        zoo_runs.append(zoo_tokens_per_s(args.steps, args.hidden, args.warmup, args.batch))
     zoo_tps, plain_tps = max(zoo_runs), max(plain_runs)
-    print(f"char-RNN 2 x {args.hidden} LSTM, batch {train.batch_size} x {train.seq_len} (the main recipe's), "
+    print(f"char-RNN 2 x {args.hidden} LSTM, batch {train.batch_size} x {train.seq_len}, "
           f"{torch.get_num_threads()} threads, {args.steps} steps")
     print(f"plain PyTorch loop : {plain_tps:10,.0f} tokens/s")
     print(f"zoo Trainer        : {zoo_tps:10,.0f} tokens/s")
