@@ -9,8 +9,9 @@ The last two columns are the floor of zoo's decoder on this machine: each of the
 included) applied once to one token's vector, as a decoded token needs, timed alone. At batch 1 these are
 matrix-vector products bound by the memory bandwidth that reads the weights; "floor share" is the part of zoo's time
 per new token (its prompt included) that they take, and what is left is all else the decoder does. (The floor is
-for nn.Linear's [out, in] weights; a kernel's speed at batch 1 can depend on that layout, so a peer that stores
-them [in, out], as transformers' GPT-2 does, has a floor of its own.)
+for the layouts zoo decodes with: nn.Linear's [out, in] weights, and the LM head as `zoo.generate.decoding_head`
+holds it, [in, out] where that kernel is the faster here. A kernel's speed at batch 1 can depend on the layout, so
+a peer that stores its weights [in, out], as transformers' GPT-2 does, has a floor of its own.)
 
     python benchmarks/generate.py [--new-tokens 64] [--prompt-tokens 32] [--threads 2]
 """
@@ -28,7 +29,7 @@ import torch
 import transformers
 
 from zoo.export.gpt2 import export
-from zoo.generate import generate
+from zoo.generate import decoding_head, generate
 from zoo.models.gpt2 import GPT2, GPT2Config
 
 LLAMA = dict(position="rotary", norm="rmsnorm", mlp="swiglu", bias=False)
@@ -58,7 +59,7 @@ def matmul_floor(model: GPT2, rounds: int = 20) -> float:
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     vectors = [torch.randn(1, m.in_features) for m in layers]
     best = float("inf")
-    with torch.no_grad():
+    with torch.no_grad(), decoding_head(model):
         for _ in range(rounds):
             start = time.perf_counter()
             for m, v in zip(layers, vectors, strict=True):

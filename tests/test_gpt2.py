@@ -96,6 +96,38 @@ def test_generation_runs_one_forward_per_token_it_needs():
     assert calls == [3, 1, 1, 1, 1]
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_large_head_decodes_through_its_transposed_copy_and_refreshes_it(monkeypatch, tied):
+    """Whichever layout the head decodes with, the tokens are those of nn.Linear's; an updated weight
+    refreshes the copy; the head, its state_dict and the global generator are as they were."""
+    import zoo.generate as gen
+
+    torch.manual_seed(0)
+    model = GPT2(GPT2Config(size="", n_layer=1, n_head=2, n_embd=256, context_length=64, tie_weights=tied),
+                 4096).eval()  # a 4,096 x 256 head: just large enough to be decoded through a copy
+    layout = (4096, 256, torch.float32, torch.get_num_threads())
+    prompt = [5, 17, 300]
+
+    def tokens(use_copy: bool) -> list[int]:
+        monkeypatch.setitem(gen._LAYOUT, layout, use_copy)
+        return generate(model, prompt, 20, temperature=0)
+
+    plain = tokens(False)
+    assert "_decode_copy" not in model.lm_head.__dict__
+    rng = torch.get_rng_state()
+    assert tokens(True) == plain and torch.equal(torch.get_rng_state(), rng)
+    first = model.lm_head._decode_copy[1]
+    assert torch.equal(first, model.lm_head.weight.t()) and "forward" not in model.lm_head.__dict__
+    assert tokens(True) == plain and model.lm_head._decode_copy[1] is first  # kept while the weight is unchanged
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1.0)  # an in-place update, as an optimizer step makes
+    flipped = tokens(False)
+    assert flipped != plain and tokens(True) == flipped  # a stale copy would still give `plain`
+    assert set(model.state_dict()) == set(GPT2(model.config, 4096).state_dict())
+    monkeypatch.delitem(gen._LAYOUT, layout)
+    assert generate(model, prompt, 20, temperature=0) == flipped  # timed here: either layout, the same tokens
+
+
 def test_stop_token_ends_generation():
     torch.manual_seed(0)
     model = GPT2(GPT2Config(size="gpt2-micro", context_length=32), 10).eval()
