@@ -126,6 +126,11 @@ def test_a_large_head_decodes_through_its_transposed_copy_and_refreshes_it(monke
     assert set(model.state_dict()) == set(GPT2(model.config, 4096).state_dict())
     monkeypatch.delitem(gen._LAYOUT, layout)
     assert generate(model, prompt, 20, temperature=0) == flipped  # timed here: either layout, the same tokens
+    with torch.inference_mode():  # weights made here keep no version counter: a fresh copy each call
+        frozen = GPT2(model.config, 4096).eval()
+        frozen.load_state_dict(model.state_dict())
+        monkeypatch.setitem(gen._LAYOUT, layout, True)
+        assert generate(frozen, prompt, 20, temperature=0) == flipped
 
 
 def test_stop_token_ends_generation():

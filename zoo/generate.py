@@ -60,9 +60,10 @@ def decoding_head(model: nn.Module) -> Iterator[None]:
         return
     weight = head.weight.detach()
     layout = (*weight.shape, weight.dtype, torch.get_num_threads())
-    key = (weight.data_ptr(), head.weight._version)
+    # an inference tensor keeps no version counter, so its copy is made anew each call
+    key = None if weight.is_inference() else (weight.data_ptr(), head.weight._version)
     cached = getattr(head, "_decode_copy", None)
-    copy = cached[1] if cached is not None and cached[0] == key else None
+    copy = cached[1] if cached is not None and key is not None and cached[0] == key else None
     if _LAYOUT.get(layout, True) and copy is None:
         copy = weight.t().contiguous()
     if layout not in _LAYOUT:
