@@ -60,19 +60,20 @@ def decoding_head(model: nn.Module) -> Iterator[None]:
         return
     weight = head.weight.detach()
     layout = (*weight.shape, weight.dtype, torch.get_num_threads())
+    if not _LAYOUT.get(layout, True):
+        yield
+        return
     # an inference tensor keeps no version counter, so its copy is made anew each call
     key = None if weight.is_inference() else (weight.data_ptr(), head.weight._version)
-    cached = getattr(head, "_decode_copy", None)
-    copy = cached[1] if cached is not None and key is not None and cached[0] == key else None
-    if _LAYOUT.get(layout, True) and copy is None:
+    cached_key, copy = getattr(head, "_decode_copy", (None, None))
+    if key is None or cached_key != key:
         copy = weight.t().contiguous()
     if layout not in _LAYOUT:
         x = torch.ones(1, weight.shape[1], dtype=weight.dtype)  # not randn: the global generator stays untouched
         _LAYOUT[layout] = _best_of_3(lambda: x @ copy) < _best_of_3(lambda: torch.nn.functional.linear(x, weight))
-    if not _LAYOUT[layout]:
-        head.__dict__.pop("_decode_copy", None)
-        yield
-        return
+        if not _LAYOUT[layout]:
+            yield
+            return
     head._decode_copy = key, copy
     head.forward = lambda x: x @ copy  # an instance attribute: nn.Module's __call__ finds it before the class's
     try:
