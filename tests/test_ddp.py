@@ -220,6 +220,7 @@ def test_sigterm_on_the_launcher_checkpoints_every_rank_and_a_launcher_killed_ou
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, out
     assert "checkpoint saved" in out
+    assert out.count("SIGTERM: saving a checkpoint at the next step boundary") == 1, out  # the user's stop, once
     run = tmp_path / "runs" / "sig"
     stopped = read_summary(run)["step"]
     assert (run / "ckpt" / "latest").read_text() == f"step-{stopped:08d}"

@@ -29,14 +29,21 @@ def launch(nproc: int, argv: list[str], max_restarts: int = 0, run_dir: str | os
                              text=True, errors="replace", bufsize=1)
     received: list[int] = []
     shown: set[str] = set()
+    held: list[str] = []  # workers' stop notices while this launcher has had no signal (torchrun stopping them)
+
+    def show(line: str) -> None:
+        if line not in shown:
+            shown.add(line)
+            sys.stderr.write(line)
+            sys.stderr.flush()
 
     def relay() -> None:  # torchrun's and the workers' stderr: all to the log, zoo's own lines to the terminal
         for line in child.stderr:
             log.write(line)
-            if line.startswith(("zoo:", "SIGINT:", "SIGTERM:")) and line not in shown:
-                shown.add(line)
-                sys.stderr.write(line)
-                sys.stderr.flush()
+            if line.startswith(("SIGINT:", "SIGTERM:")) and not received:
+                held.append(line)  # torchrun's SIGTERM to the survivors of a failed rank: not the user's stop
+            elif line.startswith(("zoo:", "SIGINT:", "SIGTERM:")):
+                show(line)
 
     reader = threading.Thread(target=relay, daemon=True)
     reader.start()
@@ -53,6 +60,8 @@ def launch(nproc: int, argv: list[str], max_restarts: int = 0, run_dir: str | os
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         log.close()
+    for line in held if received else []:  # a worker saw the user's Ctrl-C before this process did
+        show(line)
     report = _read(log.name) if code != 0 and not received else ""  # this launch's part, before it is appended
     where = _keep_log(log.name, run_dir)
     if received:
