@@ -94,6 +94,35 @@ def test_matches_torch_nn(cell, loop, layers, hidden, batch, steps, inputs, with
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("cell,loop", CELL_LOOPS)
+@pytest.mark.parametrize("vocab", [5, 200])  # fewer rows than tokens (projected per row), and more (per token)
+def test_an_embedding_fed_stack_matches_torch_nn_fed_the_looked_up_rows(cell, loop, vocab, monkeypatch):
+    """`embedding=`: token ids in, the first layer's projection from the table's rows; the outputs, the final
+    state and every gradient (the table's included) equal nn.Embedding followed by torch.nn's layers."""
+    use_loop(monkeypatch, loop)
+    ref, mine = _pair(cell, 2, 16, 6)
+    ids = torch.randint(0, vocab, (4, 9), generator=torch.Generator().manual_seed(3))
+    results = []
+    for module, fed in ((ref, False), (mine, True)):
+        torch.manual_seed(2)
+        table = torch.randn(vocab, 6, requires_grad=True)
+        out, final = module(ids, embedding=table) if fed else module(nn.functional.embedding(ids, table))
+        finals = final if cell == "lstm" else (final,)
+        torch.manual_seed(1)
+        loss = (out * torch.randn_like(out)).sum() + sum((f * torch.randn_like(f)).sum() for f in finals)
+        loss.backward()
+        results.append((out.detach(), [f.detach() for f in finals], table.grad,
+                        {n: p.grad.clone() for n, p in module.named_parameters()}))
+    (o1, f1, t1, g1), (o2, f2, t2, g2) = results
+    torch.testing.assert_close(o2, o1, rtol=1e-5, atol=1e-5)
+    for a, b in zip(f2, f1, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(t2, t1, rtol=1e-5, atol=1e-5)
+    assert g1.keys() == g2.keys()
+    for name in g1:
+        torch.testing.assert_close(g2[name], g1[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_only_the_outputs_or_only_the_state_carry_gradient(cell, lstm_loop):
     ref, mine = _pair(cell, 2, 8, 4)

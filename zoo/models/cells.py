@@ -90,19 +90,32 @@ class _Recurrent:
         return torch.mm(h, self.w) if add is None else torch.addmm(add, h, self.w)
 
 
-def _grads(x, hs, d_pre, w_ih, d_pre_h=None, low=None):
+def _project(x, ids, w_ih, bias=None, low=None):
+    """The input projections x W_ih^T (+ bias) of all timesteps in one matmul, [T, B, G*H]. With `ids` [T, B]
+    (a first layer fed by an embedding) `x` is the embedding table [V, I]: each of its V rows is projected
+    once and the projections are looked up, V rows of work instead of T*B (the same sums, by linearity)."""
+    if ids is None:
+        steps, batch, _ = x.shape
+        return _mm_t(x.view(steps * batch, -1), w_ih, bias, low=low).view(steps, batch, -1)
+    return F.embedding(ids, _mm_t(x, w_ih, bias, low=low))
+
+
+def _grads(x, hs, d_pre, w_ih, d_pre_h=None, low=None, ids=None):
     """Input and weight gradients for all timesteps at once from the pre-activation gradients `d_pre`
     [T, B, G*H] (and `d_pre_h` for the hidden side when it differs, as in the GRU), given the inputs `x` and
     the hidden states `hs` entering each step (h_{t-1}; extra trailing steps are ignored): one matmul each (in
-    `low` precision under GPU autocast)."""
+    `low` precision under GPU autocast). With `ids`, `x` is the embedding table of `_project` and d_x its
+    gradient [V, I]: the steps' gradients are first summed per token (V rows)."""
     steps, batch, width = d_pre.shape
     flat = d_pre.view(steps * batch, width)
     flat_h = flat if d_pre_h is None else d_pre_h.view(steps * batch, width)
-    d_x = _mm_t(flat, w_ih.t(), low=low).view(steps, batch, -1)
+    if ids is not None:
+        flat = flat.new_zeros(x.shape[0], width).index_add_(0, ids.reshape(-1), flat)
+    d_x = _mm_t(flat, w_ih.t(), low=low)
     # computed transposed ((X^T dG)^T = dG^T X), which spares oneDNN a copy of the large gradient matrix
-    d_w_ih = _mm_t(x.view(steps * batch, -1).t(), flat.t(), low=low).t()
+    d_w_ih = _mm_t((x if ids is not None else x.view(steps * batch, -1)).t(), flat.t(), low=low).t()
     d_w_hh = _mm_t(hs[:steps].reshape(steps * batch, -1).t(), flat_h.t(), low=low).t()
-    return d_x, d_w_ih, d_w_hh, flat.sum(0), flat_h.sum(0)
+    return (d_x if ids is not None else d_x.view(steps, batch, -1)), d_w_ih, d_w_hh, flat.sum(0), flat_h.sum(0)
 
 
 # ---------------------------------------------------------------------------------- compiled loops
@@ -300,26 +313,26 @@ def _lstm_backward_loop(acts, c_prev, tanh_c, d_out, dh, dc, w):
 
 class _LSTMLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, low=None):
-        steps, batch, _ = x.shape
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, low=None, ids=None):
         # all timesteps' input projections (and both biases) in one matmul, then the time loop
-        xp = _mm_t(x.view(steps * batch, -1), w_ih, b_ih + b_hh, low=low).view(steps, batch, -1)
+        xp = _project(x, ids, w_ih, b_ih + b_hh, low=low)
+        steps = xp.shape[0]
         acts, cells, tanh_c, hs = _loop(x, "lstm_forward")(xp, h0, c0, w_hh.t().contiguous())
         ctx.low = low
-        ctx.save_for_backward(x, w_ih, w_hh, acts, cells[:-1], tanh_c, hs)
+        ctx.save_for_backward(x, w_ih, w_hh, acts, cells[:-1], tanh_c, hs, ids)
         return hs[1:], hs[steps].clone(), cells[steps].clone()
 
     @staticmethod
     def backward(ctx, d_out, d_hn, d_cn):
-        x, w_ih, w_hh, acts, c_prev, tanh_c, hs = ctx.saved_tensors
+        x, w_ih, w_hh, acts, c_prev, tanh_c, hs, ids = ctx.saved_tensors
         batch, hidden = acts.shape[1], acts.shape[2] // 4
         dh = d_hn if d_hn is not None else x.new_zeros(batch, hidden)
         dc = d_cn if d_cn is not None else x.new_zeros(batch, hidden)
         d_out = d_out.contiguous() if d_out is not None else None
         d_pre, dh, dc = _loop(x, "lstm_backward")(acts, c_prev.contiguous(), tanh_c, d_out, dh, dc,
                                                   w_hh.contiguous())
-        d_x, d_w_ih, d_w_hh, d_b, _ = _grads(x, hs, d_pre, w_ih, low=ctx.low)
-        return d_x, dh, dc, d_w_ih, d_w_hh, d_b, d_b, None
+        d_x, d_w_ih, d_w_hh, d_b, _ = _grads(x, hs, d_pre, w_ih, low=ctx.low, ids=ids)
+        return d_x, dh, dc, d_w_ih, d_w_hh, d_b, d_b, None, None
 
 
 # -------------------------------------------------------------------------------------------- GRU
@@ -378,27 +391,26 @@ def _gru_backward_loop(acts, hn_pre, hs, d_out, dh, w_hh):
 
 class _GRULayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, low=None):
-        steps, batch, _ = x.shape
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, low=None, ids=None):
         hidden = h0.shape[1]
         rz, n_part = slice(0, 2 * hidden), slice(2 * hidden, 3 * hidden)
         # b_hn stays inside r * (W_hn h + b_hn); the other hidden biases fold into the input projection
         folded = torch.cat([b_ih[rz] + b_hh[rz], b_ih[n_part]])
-        xp = (_mm_t(x.view(steps * batch, -1), w_ih, low=low) + folded).view(steps, batch, 3 * hidden)
+        xp = _project(x, ids, w_ih, low=low) + folded
         acts, hn_pre, hs = _loop(x, "gru_forward")(xp, h0, w_hh, b_hh[n_part].contiguous())
         ctx.low = low
-        ctx.save_for_backward(x, w_ih, w_hh, acts, hn_pre, hs)
-        return hs[1:], hs[steps].clone()
+        ctx.save_for_backward(x, w_ih, w_hh, acts, hn_pre, hs, ids)
+        return hs[1:], hs[xp.shape[0]].clone()
 
     @staticmethod
     def backward(ctx, d_out, d_hn):
-        x, w_ih, w_hh, acts, hn_pre, hs = ctx.saved_tensors
+        x, w_ih, w_hh, acts, hn_pre, hs, ids = ctx.saved_tensors
         batch, hidden = acts.shape[1], acts.shape[2] // 3
         dh = d_hn if d_hn is not None else x.new_zeros(batch, hidden)
         d_out = d_out.contiguous() if d_out is not None else None
         d_in, d_hid, dh = _loop(x, "gru_backward")(acts, hn_pre, hs, d_out, dh, w_hh)
-        d_x, d_w_ih, d_w_hh, d_b_ih, d_b_hh = _grads(x, hs, d_in, w_ih, d_hid, low=ctx.low)
-        return d_x, dh, d_w_ih, d_w_hh, d_b_ih, d_b_hh, None
+        d_x, d_w_ih, d_w_hh, d_b_ih, d_b_hh = _grads(x, hs, d_in, w_ih, d_hid, low=ctx.low, ids=ids)
+        return d_x, dh, d_w_ih, d_w_hh, d_b_ih, d_b_hh, None, None
 
 
 # -------------------------------------------------------------------------------------------- RNN
@@ -431,24 +443,22 @@ def _rnn_backward_loop(hs, d_out, dh, w_hh):
 
 class _RNNLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, low=None):
-        steps, batch, _ = x.shape
-        hidden = h0.shape[1]
-        xp = (_mm_t(x.view(steps * batch, -1), w_ih, low=low) + (b_ih + b_hh)).view(steps, batch, hidden)
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, low=None, ids=None):
+        xp = _project(x, ids, w_ih, low=low) + (b_ih + b_hh)
         (hs,) = _loop(x, "rnn_forward")(xp, h0, w_hh)
         ctx.low = low
-        ctx.save_for_backward(x, w_ih, w_hh, hs)
-        return hs[1:], hs[steps].clone()
+        ctx.save_for_backward(x, w_ih, w_hh, hs, ids)
+        return hs[1:], hs[xp.shape[0]].clone()
 
     @staticmethod
     def backward(ctx, d_out, d_hn):
-        x, w_ih, w_hh, hs = ctx.saved_tensors
+        x, w_ih, w_hh, hs, ids = ctx.saved_tensors
         batch, hidden = hs.shape[1], hs.shape[2]
         dh = d_hn if d_hn is not None else x.new_zeros(batch, hidden)
         d_out = d_out.contiguous() if d_out is not None else None
         d_pre, dh = _loop(x, "rnn_backward")(hs, d_out, dh, w_hh)
-        d_x, d_w_ih, d_w_hh, d_b, _ = _grads(x, hs, d_pre, w_ih, low=ctx.low)
-        return d_x, dh, d_w_ih, d_w_hh, d_b, d_b, None
+        d_x, d_w_ih, d_w_hh, d_b, _ = _grads(x, hs, d_pre, w_ih, low=ctx.low, ids=ids)
+        return d_x, dh, d_w_ih, d_w_hh, d_b, d_b, None, None
 
 
 PY_LOOPS = {"lstm_forward": _lstm_forward_loop, "lstm_backward": _lstm_backward_loop,
@@ -492,8 +502,17 @@ class ScratchRNN(nn.Module):
     def _layer(self, k: int) -> tuple[torch.Tensor, ...]:
         return tuple(getattr(self, f"{n}_l{k}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
 
-    def forward(self, x: torch.Tensor, state=None):
-        batch = x.shape[0]
+    def forward(self, x: torch.Tensor, state=None, embedding: torch.Tensor | None = None):
+        """With `embedding` (a table [V, input_size]), `x` holds token ids [B, T] and the first layer's input is
+        their rows of the table; where there are fewer rows than tokens, the first layer projects the rows
+        (V of them) instead of the tokens' inputs (B*T), for the same result."""
+        ids = None
+        if embedding is not None:
+            if embedding.shape[0] < x.numel():
+                ids, x = x.transpose(0, 1).contiguous(), embedding
+            else:
+                x = F.embedding(x, embedding)
+        batch = (ids if ids is not None else x).shape[1 if ids is not None else 0]
         zeros = x.new_zeros(self.num_layers, batch, self.hidden_size)
         if self.cell == "lstm":
             h0, c0 = state if state is not None else (zeros, zeros)
@@ -505,20 +524,21 @@ class ScratchRNN(nn.Module):
         # sequence stays time-major.
         low = _autocast_dtype(x.device)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            x = x.float().transpose(0, 1).contiguous()
+            x = x.float() if ids is not None else x.float().transpose(0, 1).contiguous()
             h_out, c_out = [], []
             for k in range(self.num_layers):
                 if k > 0 and self.dropout > 0:
                     x = F.dropout(x, self.dropout, self.training)
                 weights = self._layer(k)
+                first = ids if k == 0 else None
                 if self.cell == "lstm":
                     x, h, c = _LSTMLayer.apply(x, h0[k].float().contiguous(), c0[k].float().contiguous(), *weights,
-                                               low)
+                                               low, first)
                     c_out.append(c)
                 elif self.cell == "gru":
-                    x, h = _GRULayer.apply(x, h0[k].float().contiguous(), *weights, low)
+                    x, h = _GRULayer.apply(x, h0[k].float().contiguous(), *weights, low, first)
                 else:
-                    x, h = _RNNLayer.apply(x, h0[k].float().contiguous(), *weights, low)
+                    x, h = _RNNLayer.apply(x, h0[k].float().contiguous(), *weights, low, first)
                 h_out.append(h)
         h_n = torch.stack(h_out)
         return x.transpose(0, 1), ((h_n, torch.stack(c_out)) if self.cell == "lstm" else h_n)

@@ -28,16 +28,29 @@ using Vec = at::vec::Vectorized<float>;
 
 namespace {
 
-// C[rows, N] (+)= A[rows, K] @ B[K, N], all row-major and contiguous, row blocks in parallel.
-void matmul(const float* A, const float* B, float* C, int64_t rows, int64_t K, int64_t N, bool accumulate) {
-  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+// C[rows, N] (+)= A[rows, K] @ B[K, N], all row-major and contiguous: row blocks in parallel where the batch has
+// enough rows for every thread, else column blocks (a small batch would leave all but one thread idle).
+void gemm_block(const float* A, const float* B, float* C, int64_t rows, int64_t cols, int64_t K, int64_t N,
+                bool accumulate) {
 #ifdef CPUBLAS_BRGEMM_F32F32F32
-    at::native::cpublas::brgemm(end - begin, N, K, K, N, N, accumulate, A + begin * K, B, C + begin * N, false);
+  at::native::cpublas::brgemm(rows, cols, K, K, N, N, accumulate, A, B, C, false);
 #else  // BLAS is column-major: C^T = B^T A^T
-    at::native::cpublas::gemm(at::native::TransposeType::NoTranspose, at::native::TransposeType::NoTranspose, N,
-                              end - begin, K, 1.0f, B, N, A + begin * K, K, accumulate ? 1.0f : 0.0f,
-                              C + begin * N, N);
+  at::native::cpublas::gemm(at::native::TransposeType::NoTranspose, at::native::TransposeType::NoTranspose, cols,
+                            rows, K, 1.0f, B, N, A, K, accumulate ? 1.0f : 0.0f, C, N);
 #endif
+}
+
+void matmul(const float* A, const float* B, float* C, int64_t rows, int64_t K, int64_t N, bool accumulate) {
+  const int64_t threads = at::get_num_threads();
+  if (threads <= 1 || rows >= 16 * threads) {
+    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+      gemm_block(A + begin * K, B, C + begin * N, end - begin, N, K, N, accumulate);
+    });
+    return;
+  }
+  const int64_t block = std::max<int64_t>(64, (N / threads + 63) / 64 * 64);
+  at::parallel_for(0, N, block, [&](int64_t begin, int64_t end) {
+    gemm_block(A, B + begin, C + begin, rows, end - begin, K, N, accumulate);
   });
 }
 
@@ -51,7 +64,7 @@ inline void vectorized(int64_t n, const F& body) {
 }
 
 // Rows per thread: split the batch only when a step has enough elements to pay for the threads.
-int64_t grain(int64_t hidden) { return std::max<int64_t>(1, 32768 / (4 * hidden)); }
+int64_t grain(int64_t hidden) { return std::max<int64_t>(1, 8192 / (4 * hidden)); }
 
 // One forward step for all rows: acts [B, 4H] holds the pre-activations (i, f, g, o blocks) and receives
 // the gate activations (sigma(i), sigma(f), tanh(g), sigma(o)); writes c [B, H], tanh_c [B, H], h [B, H].

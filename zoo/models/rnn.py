@@ -86,14 +86,15 @@ class CharRNN(Backbone):
         return tuple(torch.zeros(shape, device=device) for _ in range(n))
 
     def forward(self, idx: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
-        if self.embedding is not None:
-            x = self.embedding(idx)
-        else:
-            x = F.one_hot(idx, self.vocab_size).to(self.lm_head.weight.dtype)
         if state is None:
             state = self.init_state(idx.shape[0], idx.device)
         rnn_state = state if self.config.cell == "lstm" else state[0]
-        out, new = self.rnn(x, rnn_state)
+        if self.embedding is not None and isinstance(self.rnn, ScratchRNN):  # it looks the tokens up itself
+            out, new = self.rnn(idx, rnn_state, embedding=self.embedding.weight)
+        else:
+            x = self.embedding(idx) if self.embedding is not None else F.one_hot(idx, self.vocab_size).to(
+                self.lm_head.weight.dtype)
+            out, new = self.rnn(x, rnn_state)
         new_state = tuple(new) if self.config.cell == "lstm" else (new,)
         return self.drop(out), new_state
 
